@@ -1,0 +1,131 @@
+"""Generate text with a trained ScratchGPT checkpoint.
+
+    python MODEL.py                                   # 4000 characters of pseudo-Shakespeare
+    python MODEL.py --prompt "ROMEO:" --temperature 0.8 --num-tokens 500
+    python MODEL.py --dataset reddit                  # the Reddit model
+
+The model, the sampler and the checkpoint loader come from bigram.py: one definition of each.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from bigram import (
+    CHECKPOINT_DIR,
+    DATASET_FILES,
+    UserError,
+    autocast,
+    generate_tokens,
+    load_checkpoint,
+    model_from_checkpoint,
+    resolve_device,
+    resolve_dtype,
+)
+from corpus import decode, encode
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Generate text with a trained ScratchGPT model.")
+    p.add_argument("--checkpoint", type=Path, help="default: checkpoints/<dataset>.pt")
+    p.add_argument("--dataset", choices=DATASET_FILES, default="shakespeare")
+    p.add_argument("--num-tokens", type=int, default=4000, help="characters to generate")
+    p.add_argument("--num-samples", type=int, default=1, help="independent samples, in one batch")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = always the likeliest")
+    p.add_argument("--top-k", type=int, help="sample among the k likeliest characters only")
+    p.add_argument("--top-p", type=float, help="sample from the smallest set with this much mass")
+    p.add_argument("--prompt", help="text to continue (default: a newline)")
+    p.add_argument("--prompt-file", type=Path, help="read the prompt from a UTF-8 file")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--no-stream", action="store_true", help="print the text only when done")
+    p.add_argument("--output", type=Path, help="also write the text to this file")
+    p.add_argument("--no-kv-cache", action="store_true", help="slow reference path")
+    return p.parse_args(argv)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    if args.num_tokens < 0 or args.num_samples < 1:
+        raise UserError("--num-tokens must be >= 0 and --num-samples >= 1")
+    if args.temperature < 0:
+        raise UserError("--temperature must be >= 0")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError("--top-k must be at least 1")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise UserError("--top-p must be in (0, 1]")
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UserError("give --prompt or --prompt-file, not both")
+
+
+def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
+    if args.prompt_file is not None:
+        try:
+            return args.prompt_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read prompt file {args.prompt_file}: {e}") from None
+    if args.prompt:
+        return args.prompt
+    return "\n" if "\n" in vocab else vocab[0]
+
+
+def generate(args: argparse.Namespace) -> None:
+    check_args(args)
+    device = resolve_device(args.device)
+    path = args.checkpoint or CHECKPOINT_DIR / f"{args.dataset}.pt"
+    checkpoint = load_checkpoint(path, device)
+    model = model_from_checkpoint(checkpoint, device).eval()
+    vocab = checkpoint["vocab"]
+    prompt = read_prompt(args, vocab)
+    try:
+        prompt_ids = torch.from_numpy(encode(prompt, vocab).astype("int64"))
+    except UserError as e:
+        raise UserError(f"prompt: {e} of {path}") from None
+    prompt_ids = prompt_ids.to(device).repeat(args.num_samples, 1)
+
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    # bf16 pays off on GPUs; on a CPU one token at a time is bound by overhead, so stay in fp32.
+    dtype = resolve_dtype("auto", device) if device.type == "cuda" else torch.float32
+    stream = args.num_samples == 1 and not args.no_stream
+    if stream:
+        print(prompt, end="", flush=True)
+    steps = []
+    with autocast(device, dtype):
+        for step in generate_tokens(
+            model, prompt_ids, args.num_tokens, args.temperature, args.top_k, args.top_p,
+            use_kv_cache=not args.no_kv_cache, generator=generator,
+        ):  # fmt: skip
+            steps.append(step)
+            if stream:
+                print(vocab[step[0, 0].item()], end="", flush=True)
+    tokens = torch.cat(steps, dim=1).tolist() if steps else [[] for _ in range(args.num_samples)]
+    samples = [prompt + decode(row, vocab) for row in tokens]
+    text = samples[0] if len(samples) == 1 else format_samples(samples)
+    if stream:
+        print()
+    else:
+        print(text)
+    if args.output is not None:
+        args.output.write_text(text + "\n", encoding="utf-8")
+
+
+def format_samples(samples: list[str]) -> str:
+    return "\n".join(f"--- sample {i + 1} ---\n{s}" for i, s in enumerate(samples))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        generate(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,686 @@
+"""ScratchGPT: a character-level GPT, written from scratch, and the script that trains it.
+
+    python bigram.py                      # Tiny Shakespeare, preset picked for this machine
+    python bigram.py --preset gpu         # the reference run: 6 layers, 6 heads, 384 channels
+    python bigram.py --model bigram       # the bigram baseline this repository is named after
+
+Importing this file has no side effects: MODEL.py imports the model and the checkpoint loader.
+"""
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from corpus import UserError, load_text_corpus, split_corpus
+
+# -----------------------------------------------------------------------------
+# Hyperparameters. `gpu` is the reference run; `cpu` was chosen by measurement for the best
+# validation loss in about ten minutes on a 2-core CPU (see README, "Presets").
+PRESETS = {
+    "gpu": dict(
+        n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
+        max_iters=5000, eval_interval=250, eval_iters=200,
+        lr=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
+    ),
+    "cpu": dict(
+        n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
+        max_iters=4000, eval_interval=250, eval_iters=20,
+        lr=2e-3, min_lr=2e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
+    ),
+}  # fmt: skip
+ADAM_BETAS = (0.9, 0.99)  # beta2 0.99 rather than 0.999: small batches, few iterations
+DATA_DIR = Path("data")
+CHECKPOINT_DIR = Path("checkpoints")
+DATASET_FILES = {"shakespeare": DATA_DIR / "input.txt", "reddit": DATA_DIR / "reddit.rar"}
+
+
+# -----------------------------------------------------------------------------
+# The model
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int
+    block_size: int = 256  # longest context the model sees
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    bias: bool = True  # biases in Linear and LayerNorm, as in the original (10.8M parameters)
+
+    def __post_init__(self):
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far.
+
+    With it, each new token costs one position of work instead of a pass over the whole context.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype):
+        head_dim = config.n_embd // config.n_head
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0  # positions filled so far
+        self.capacity = config.block_size
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.dropout = config.dropout
+        # One matrix computes queries, keys and values of all heads at once.
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if cache is not None:
+            # Store this step's keys/values, then attend over everything cached so far.
+            cache_k, cache_v = cache
+            cache_k[:, :, start : start + T] = k
+            cache_v[:, :, start : start + T] = v
+            k, v = cache_k[:, :, : start + T], cache_v[:, :, : start + T]
+        # A prompt starts at position 0 and needs the causal mask; a single new token may look at
+        # every cached position. (SDPA's causal mask is aligned top-left, so T > 1 needs start 0.)
+        assert T == 1 or start == 0, "multi-token steps must start an empty cache"
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Communication (attention) then computation (MLP), each on a pre-normed residual branch."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, start: int = 0):
+        x = x + self.attn(self.ln1(x), cache, start)
+        return x + self.mlp(self.ln2(x))
+
+
+class GPTLanguageModel(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
+        self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.apply(self._init_weights)
+        # Residual projections add up over 2 * n_layer branches: scale them down (GPT-2).
+        for name, p in self.named_parameters():
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+        """Logits for every position of idx (B, T); the loss too when targets are given.
+
+        With a kv_cache, idx continues the cached tokens: positions start at kv_cache.length.
+        """
+        B, T = idx.shape
+        start = kv_cache.length if kv_cache is not None else 0
+        if start + T > self.config.block_size:
+            raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
+        pos = torch.arange(start, start + T, device=idx.device)
+        x = self.dropout(self.token_embedding(idx) + self.position_embedding(pos))
+        for i, block in enumerate(self.blocks):
+            cache = (kv_cache.keys[i], kv_cache.values[i]) if kv_cache is not None else None
+            x = block(x, cache, start)
+        if kv_cache is not None:
+            kv_cache.length += T
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+class BigramLanguageModel(nn.Module):
+    """The baseline: the next character depends on the current one only, via a lookup table."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
+
+    def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
+        logits = self.logits_table(idx)
+        if kv_cache is not None:
+            kv_cache.length += idx.shape[1]  # nothing to remember: only positions advance
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return logits, loss
+
+
+MODEL_TYPES = {"gpt": GPTLanguageModel, "bigram": BigramLanguageModel}
+
+
+def build_model(model_type: str, config: GPTConfig) -> nn.Module:
+    return MODEL_TYPES[model_type](config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# -----------------------------------------------------------------------------
+# Generation
+
+
+def sample_next(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Pick one token per row of logits (B, V); temperature 0 means always the likeliest."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth_best = torch.topk(logits, top_k).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        # Keep the smallest set of tokens whose probabilities add up to top_p (nucleus sampling).
+        sorted_logits, order = torch.sort(logits, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # the best always stays
+        drop = drop_sorted.scatter(1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)
+
+
+@torch.inference_mode()
+def generate_tokens(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    num_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    use_kv_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Iterator[torch.Tensor]:
+    """Yield num_tokens new tokens, one (B, 1) tensor per step, continuing prompt (B, T).
+
+    With the KV cache, each step feeds one token. When the cache is full (block_size positions),
+    it is rebuilt from the most recent block_size // 2 tokens in one pass, so the context slides
+    in jumps of half a window instead of re-reading the whole window for every token.
+    """
+    block_size = model.config.block_size
+    context = prompt
+    cache = None
+    for _ in range(num_tokens):
+        if not use_kv_cache:
+            logits, _ = model(context[:, -block_size:])
+        elif cache is None or cache.length == cache.capacity:
+            keep = block_size if cache is None else block_size // 2
+            cache = KVCache(model.config, context.shape[0], context.device, _param_dtype(model))
+            logits, _ = model(context[:, -keep:], kv_cache=cache)
+        else:
+            logits, _ = model(context[:, -1:], kv_cache=cache)
+        next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
+        context = torch.cat([context, next_token], dim=1)
+        if context.shape[1] > 2 * block_size:  # only the last window is ever read again
+            context = context[:, -block_size:]
+        yield next_token
+
+
+def _param_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+# -----------------------------------------------------------------------------
+# Devices and precision
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA if present, else Apple MPS, else CPU; an unavailable choice is an error."""
+    mps_available = torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available (try --device cpu)")
+    elif name == "mps" and not mps_available:
+        raise UserError("--device mps: Apple MPS is not available (try --device cpu)")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512_BF16 or AMX), where bf16 beats float32."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in cpuinfo or " amx_bf16" in cpuinfo
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast precision: bf16 where the hardware does it natively, float32 otherwise."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    if name == "float16" and device.type == "cpu":
+        raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on the CPU")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# -----------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Write to a temporary file, then rename over the old one: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+CHECKPOINT_KEYS = ("model_args", "vocab", "model", "iter", "best_val_loss")
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Load a checkpoint safely: weights_only=True refuses pickled code instead of running it."""
+    if not path.exists():
+        raise UserError(f"checkpoint {path} not found; train one first with: python bigram.py")
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many kinds of error for a damaged file
+        if "weights_only" in str(e) or "Unsupported global" in str(e):
+            raise UserError(f"refusing to load {path}: it contains pickled code") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in CHECKPOINT_KEYS):
+        raise UserError(f"{path} is not a ScratchGPT checkpoint (missing model, vocab or settings)")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict, device: torch.device | str = "cpu") -> nn.Module:
+    args = dict(checkpoint["model_args"])
+    model_type = args.pop("model_type")
+    model = build_model(model_type, GPTConfig(**args))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device)
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class TrainConfig:
+    dataset: str = "shakespeare"
+    data: str = ""  # corpus path; empty means the dataset's default file
+    out: str = ""  # checkpoint path; empty means checkpoints/<dataset>.pt
+    preset: str = "cpu"
+    model: str = "gpt"
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    block_size: int = 256
+    batch_size: int = 64
+    dropout: float = 0.2
+    max_iters: int = 5000
+    eval_interval: int = 250
+    eval_iters: int = 200
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    max_minutes: float = 0.0  # 0: no time budget
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool = False
+    seed: int = 1337
+
+
+MODEL_SHAPE = ("model", "n_layer", "n_head", "n_embd", "block_size")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Train a character-level GPT (or the bigram baseline).")
+    # Every setting defaults to None so we can tell what was given on the command line:
+    # given flags override the preset (or, with --resume, the checkpoint's settings).
+    p.add_argument("--dataset", choices=DATASET_FILES)
+    p.add_argument("--data", help="corpus: a UTF-8 text file (default data/input.txt)")
+    p.add_argument("--out", help="checkpoint path (default checkpoints/<dataset>.pt)")
+    p.add_argument("--preset", choices=PRESETS, help="default: gpu on CUDA, cpu otherwise")
+    p.add_argument("--model", choices=MODEL_TYPES)
+    for name, kind in [
+        ("n_layer", int), ("n_head", int), ("n_embd", int), ("block_size", int),
+        ("batch_size", int), ("dropout", float), ("max_iters", int), ("eval_interval", int),
+        ("eval_iters", int), ("lr", float), ("min_lr", float), ("warmup_iters", int),
+        ("weight_decay", float), ("grad_clip", float), ("max_minutes", float), ("seed", int),
+    ]:  # fmt: skip
+        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    return p.parse_args(argv)
+
+
+def make_config(args: argparse.Namespace, device: torch.device, saved: dict | None) -> TrainConfig:
+    """Preset (or the resumed run's saved settings), then the flags given on the command line."""
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    given = {k: v for k, v in given.items() if v is not None}
+    if saved is not None:
+        changed = [k for k in MODEL_SHAPE if k in given and given[k] != saved[k]]
+        if changed:
+            raise UserError(f"--resume keeps the saved model's shape; drop --{changed[0]}")
+        return TrainConfig(**{**saved, **given})
+    preset = given.get("preset") or ("gpu" if device.type == "cuda" else "cpu")
+    config = TrainConfig(**{**PRESETS[preset], **given, "preset": preset})
+    config.data = config.data or str(DATASET_FILES[config.dataset])
+    config.out = config.out or str(CHECKPOINT_DIR / f"{config.dataset}.pt")
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    positive = ["batch_size", "max_iters", "eval_interval", "eval_iters"]
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.lr <= 0 or config.min_lr < 0 or config.min_lr > config.lr:
+        raise UserError("learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0")
+
+
+def load_corpus(config: TrainConfig):
+    path = Path(config.data)
+    if config.dataset == "reddit" or path.suffix == ".rar":
+        raise UserError("the Reddit dataset (RAR archives) is not supported yet")
+    if not path.exists() and path == DATASET_FILES["shakespeare"]:
+        from corpus import download_shakespeare
+
+        download_shakespeare(path)
+    return load_text_corpus(path)
+
+
+def get_batch(data: np.ndarray, config: TrainConfig, generator: torch.Generator):
+    """Random windows of block_size + 1 tokens: inputs are the first block_size, targets the
+    last block_size (the same window shifted by one)."""
+    starts = torch.randint(len(data) - config.block_size, (config.batch_size,), generator=generator)
+    windows = starts.numpy()[:, None] + np.arange(config.block_size + 1)
+    batch = torch.from_numpy(data[windows].astype(np.int64))
+    return batch[:, :-1], batch[:, 1:]
+
+
+@torch.no_grad()
+def estimate_loss(model, splits: dict, config: TrainConfig, device, dtype) -> dict:
+    """Mean loss over eval_iters batches per split, the same batches each time so evals compare."""
+    model.eval()
+    losses = {}
+    for split, data in splits.items():
+        generator = torch.Generator().manual_seed(config.seed + 1)
+        total = 0.0
+        for _ in range(config.eval_iters):
+            x, y = get_batch(data, config, generator)
+            with autocast(device, dtype):
+                _, loss = model(x.to(device), y.to(device))
+            total += loss.item()
+        losses[split] = total / config.eval_iters
+    model.train()
+    return losses
+
+
+def learning_rate(progress: float, step: int, config: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to min_lr as progress (0..1) goes to 1."""
+    if step < config.warmup_iters:
+        return config.lr * (step + 1) / config.warmup_iters
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_lr + cosine * (config.lr - config.min_lr)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
+    """AdamW, decaying only matrices: biases, LayerNorm gains and... stay free."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=ADAM_BETAS, fused=device.type == "cuda")
+
+
+def flops_per_token(model: nn.Module) -> float:
+    """Training FLOPs per token: 6 per weight (forward + backward) plus attention (PaLM, app. B)."""
+    c = model.config
+    n = count_parameters(model)
+    if isinstance(model, GPTLanguageModel):
+        n -= model.position_embedding.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+    return 6 * n
+
+
+def rng_states(train_generator: torch.Generator, device: torch.device) -> dict:
+    states = {"torch": torch.get_rng_state(), "batches": train_generator.get_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def restore_rng_states(states: dict, train_generator: torch.Generator, device) -> None:
+    torch.set_rng_state(states["torch"])
+    train_generator.set_state(states["batches"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def append_log(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def trim_log(path: Path, last_iter: int) -> None:
+    """On resume, drop log lines past the checkpoint: those iterations are about to be redone."""
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iter"] <= last_iter]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(args: argparse.Namespace) -> str:
+    from tqdm import tqdm
+
+    device = resolve_device(args.device or "auto")
+    out = Path(args.out or CHECKPOINT_DIR / f"{args.dataset or 'shakespeare'}.pt")
+    checkpoint = load_checkpoint(out) if args.resume else None
+    config = make_config(args, device, checkpoint["config"] if checkpoint else None)
+    validate(config)
+    dtype = resolve_dtype(config.dtype, device)
+    if not args.resume and not args.preset:
+        print(f"preset: {config.preset} (picked for device {device.type}; --preset overrides)")
+
+    corpus = load_corpus(config)
+    if checkpoint is not None and checkpoint["vocab"] != corpus.vocab:
+        raise UserError(f"--resume: {config.data} has a different vocabulary than {out}")
+    if len(corpus.tokens) < 10 * (config.block_size + 1):
+        raise UserError(
+            f"corpus {config.data} has {len(corpus.tokens)} characters; it needs at least "
+            f"{10 * (config.block_size + 1)} (10 x (block_size + 1)) so that the 10% validation "
+            "split holds one window"
+        )
+    train_data, val_data = split_corpus(corpus.tokens)
+
+    torch.manual_seed(config.seed)
+    model_args = dict(
+        vocab_size=len(corpus.vocab), block_size=config.block_size, n_layer=config.n_layer,
+        n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
+    )  # fmt: skip
+    model = build_model(config.model, GPTConfig(**model_args)).to(device)
+    optimizer = make_optimizer(model, config, device)
+    train_generator = torch.Generator().manual_seed(config.seed)
+    start_iter, best_val_loss, elapsed_before = 0, float("inf"), 0.0
+    log_path = Path(config.out).with_suffix(".jsonl")
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_rng_states(checkpoint["rng"], train_generator, device)
+        start_iter, best_val_loss = checkpoint["iter"], checkpoint["best_val_loss"]
+        elapsed_before = checkpoint["elapsed_s"]
+        trim_log(log_path, start_iter)
+    else:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        log_path.write_text("")
+    forward = torch.compile(model) if config.compile else model
+
+    tokens_per_iter = config.batch_size * config.block_size
+    print(
+        f"{config.model}: {count_parameters(model) / 1e6:.2f}M parameters, vocab "
+        f"{len(corpus.vocab)}, {len(train_data):,} train / {len(val_data):,} val tokens, "
+        f"{tokens_per_iter:,} tokens/iter on {device.type} in {str(dtype).removeprefix('torch.')}"
+    )
+    splits = {"train": train_data, "val": val_data}
+    best_iter = start_iter
+    budget_s = config.max_minutes * 60
+
+    def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> None:
+        nonlocal best_val_loss, best_iter
+        losses = estimate_loss(forward, splits, config, device, dtype)
+        record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
+        record |= {"lr": optimizer.param_groups[0]["lr"], "tokens_per_sec": tokens_per_sec}
+        append_log(log_path, record | {"elapsed_s": elapsed})
+        bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        if losses["val"] < best_val_loss:
+            best_val_loss, best_iter = losses["val"], it
+            save_checkpoint(
+                {
+                    "model_args": model_args | {"model_type": config.model},
+                    "vocab": corpus.vocab,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "iter": it,
+                    "best_val_loss": best_val_loss,
+                    "rng": rng_states(train_generator, device),
+                    "config": asdict(config),
+                    "elapsed_s": elapsed,
+                },
+                Path(config.out),
+            )
+
+    bar = tqdm(total=config.max_iters, initial=start_iter, dynamic_ncols=True, unit="it")
+    t_start = time.perf_counter() - elapsed_before
+    it, last_eval, tokens_per_sec = start_iter, start_iter, 0.0
+    t_window, it_window = time.perf_counter(), start_iter
+    try:
+        while it < config.max_iters:
+            elapsed = time.perf_counter() - t_start
+            if budget_s and elapsed >= budget_s:
+                bar.write(f"time budget of {config.max_minutes:g} minutes spent at iter {it}")
+                break
+            # Progress is the share of whichever budget (iterations or minutes) runs out first.
+            progress = max(it / config.max_iters, elapsed / budget_s if budget_s else 0.0)
+            lr = learning_rate(progress, it, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(train_data, config, train_generator)
+            with autocast(device, dtype):
+                _, loss = forward(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            it += 1
+            bar.update(1)
+            if it % 10 == 0:  # reading the loss waits for the GPU: not on every step
+                now = time.perf_counter()
+                tokens_per_sec = (it - it_window) * tokens_per_iter / (now - t_window)
+                t_window, it_window = now, it
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}"
+                )
+            if it % config.eval_interval == 0:
+                evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
+                last_eval = it
+    except KeyboardInterrupt:
+        bar.write(f"interrupted at iter {it}: evaluating and saving (Ctrl-C again to quit now)")
+    if it != last_eval:
+        evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
+    bar.close()
+    return f"best val loss {best_val_loss:.4f} at iter {best_iter} -> {config.out}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A second Ctrl-C during the final save must not leave a traceback (the save is atomic).
+    try:
+        print(train(args))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the last saved checkpoint is intact", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: save, then exit
+    sys.exit(main())
