@@ -17,6 +17,8 @@ SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
 
+DEFAULT_MAX_VOCAB = 256  # Reddit: the most frequent characters kept (see load_reddit)
+
 
 class UserError(Exception):
     """A problem with the user's input or environment: shown as one line, never a traceback."""
