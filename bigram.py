@@ -14,9 +14,10 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -196,6 +197,7 @@ class BigramLanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
+        nn.init.normal_(self.logits_table.weight, std=0.02)  # start near uniform: loss ln(vocab)
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         logits = self.logits_table(idx)
@@ -550,6 +552,28 @@ def trim_log(path: Path, last_iter: int) -> None:
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
+@contextmanager
+def stop_requests() -> Iterator[threading.Event]:
+    """Turn the first Ctrl-C (or SIGTERM) into a request to stop after the current step.
+
+    Training then ends the way it does at max_iters: evaluate, save. A second Ctrl-C raises
+    KeyboardInterrupt at once; the checkpoint on disk is still the last complete one.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def train(args: argparse.Namespace) -> str:
     from tqdm import tqdm
 
@@ -633,9 +657,12 @@ def train(args: argparse.Namespace) -> str:
     t_start = time.perf_counter() - elapsed_before
     it, last_eval, tokens_per_sec = start_iter, start_iter, 0.0
     t_window, it_window = time.perf_counter(), start_iter
-    try:
+    with stop_requests() as stop:
         while it < config.max_iters:
             elapsed = time.perf_counter() - t_start
+            if stop.is_set():
+                bar.write(f"interrupted at iter {it}: saving (Ctrl-C again to quit without saving)")
+                break
             if budget_s and elapsed >= budget_s:
                 bar.write(f"time budget of {config.max_minutes:g} minutes spent at iter {it}")
                 break
@@ -664,28 +691,24 @@ def train(args: argparse.Namespace) -> str:
             if it % config.eval_interval == 0:
                 evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
                 last_eval = it
-    except KeyboardInterrupt:
-        bar.write(f"interrupted at iter {it}: evaluating and saving (Ctrl-C again to quit now)")
-    if it != last_eval:
-        evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
+        if it != last_eval:
+            evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
     bar.close()
     return f"best val loss {best_val_loss:.4f} at iter {best_iter} -> {config.out}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    # A second Ctrl-C during the final save must not leave a traceback (the save is atomic).
     try:
         print(train(args))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; the last saved checkpoint is intact", file=sys.stderr)
+        print("interrupted; the last saved checkpoint is intact", file=sys.stderr)  # 2nd Ctrl-C
         return 130
     return 0
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill = Ctrl-C: save, then exit
     sys.exit(main())

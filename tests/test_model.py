@@ -1,0 +1,109 @@
+"""The model: configuration checks, causality, the KV cache, sampling."""
+
+import pytest
+import torch
+
+from bigram import (
+    BigramLanguageModel,
+    GPTConfig,
+    GPTLanguageModel,
+    KVCache,
+    UserError,
+    count_parameters,
+    generate_tokens,
+    sample_next,
+)
+
+CONFIG = GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+@pytest.fixture
+def model() -> GPTLanguageModel:
+    torch.manual_seed(0)
+    return GPTLanguageModel(CONFIG).eval()
+
+
+def test_reference_configuration_has_10_8m_parameters():
+    model = GPTLanguageModel(GPTConfig(vocab_size=65))
+    assert count_parameters(model) == 10_795_841
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(n_embd=30, n_head=4), "divisible by n_head"),
+        (dict(n_layer=0), "n_layer must be at least 1"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
+def test_impossible_config_is_rejected(changes, message):
+    with pytest.raises(UserError, match=message):
+        GPTConfig(**{**vars(CONFIG), **changes})
+
+
+def test_future_tokens_never_change_earlier_logits(model):
+    idx = torch.randint(CONFIG.vocab_size, (1, CONFIG.block_size))
+    logits, _ = model(idx)
+    for t in range(CONFIG.block_size):
+        changed = idx.clone()
+        changed[0, t] = (changed[0, t] + 1) % CONFIG.vocab_size
+        new_logits, _ = model(changed)
+        torch.testing.assert_close(new_logits[:, :t], logits[:, :t])
+        assert not torch.allclose(new_logits[:, t], logits[:, t])
+
+
+def test_kv_cache_gives_the_same_logits_as_the_full_context(model):
+    idx = torch.randint(CONFIG.vocab_size, (3, CONFIG.block_size))
+    full_logits, _ = model(idx)
+    cache = KVCache(CONFIG, batch_size=3, device="cpu", dtype=torch.float32)
+    prompt_logits, _ = model(idx[:, :4], kv_cache=cache)  # a prompt, then one token at a time
+    step_logits = [prompt_logits] + [
+        model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(4, 12)
+    ]
+    torch.testing.assert_close(torch.cat(step_logits, dim=1), full_logits)
+
+
+def test_generation_with_and_without_cache_agrees_inside_the_window(model):
+    prompt = torch.randint(CONFIG.vocab_size, (2, 3))
+    runs = []
+    for use_kv_cache in (True, False):
+        generator = torch.Generator().manual_seed(7)
+        steps = generate_tokens(model, prompt, 9, use_kv_cache=use_kv_cache, generator=generator)
+        runs.append(torch.cat(list(steps), dim=1))
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_cache_slides_by_half_a_window_past_block_size(model):
+    prompt = torch.randint(CONFIG.vocab_size, (1, CONFIG.block_size))
+    steps = list(generate_tokens(model, prompt, 3, temperature=0))
+    # The first token comes from the full window; the second finds the cache full and rebuilds
+    # it from the last block_size // 2 tokens, which is exactly what it then predicts from.
+    context = torch.cat([prompt, steps[0]], dim=1)
+    expected = model(context[:, -CONFIG.block_size // 2 :])[0][:, -1].argmax(-1, keepdim=True)
+    assert torch.equal(steps[1], expected)
+    assert len(list(generate_tokens(model, prompt, 40))) == 40
+
+
+def test_bigram_model_predicts_from_the_last_character_only():
+    torch.manual_seed(0)
+    model = BigramLanguageModel(CONFIG)
+    idx = torch.tensor([[1, 2, 3], [4, 5, 3]])
+    logits, loss = model(idx, targets=idx)
+    torch.testing.assert_close(logits[0, -1], logits[1, -1])
+    assert loss is not None and loss.item() > 0
+
+
+def test_temperature_zero_and_top_k_one_pick_the_likeliest():
+    logits = torch.tensor([[0.1, 3.0, 0.2, 2.9], [5.0, 0.0, 0.0, 0.0]])
+    likeliest = torch.tensor([[1], [0]])
+    assert torch.equal(sample_next(logits, temperature=0), likeliest)
+    for seed in range(5):
+        generator = torch.Generator().manual_seed(seed)
+        assert torch.equal(sample_next(logits, top_k=1, generator=generator), likeliest)
+
+
+def test_top_p_keeps_only_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    generator = torch.Generator().manual_seed(0)
+    picks = {sample_next(logits, top_p=0.75, generator=generator).item() for _ in range(200)}
+    assert picks == {0, 1}  # 0.5 + 0.3 reaches 0.75; the tail is never drawn
