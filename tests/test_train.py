@@ -6,7 +6,7 @@ import signal
 
 import pytest
 import torch
-from support import SHARED, TINY_RUN, write_corpus
+from support import REPO, TINY_RUN, write_corpus
 
 import bigram
 from bigram import load_checkpoint
@@ -99,23 +99,16 @@ def test_cpu_preset_is_picked_without_a_gpu(capsys):
     assert config.preset == "cpu" and config.n_embd == bigram.PRESETS["cpu"]["n_embd"]
 
 
-@pytest.mark.skipif(
-    not (SHARED / "data/tinyshakespeare.txt").exists(), reason="../shared/data is not present"
-)
+SHAKESPEARE = REPO / "data/input.txt"  # .ci/run copies the real corpus here
+
+
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="data/input.txt (Tiny Shakespeare) is absent")
 def test_short_run_on_tiny_shakespeare_learns(tmp_path):
-    corpus = SHARED / "data/tinyshakespeare.txt"
     out = tmp_path / "shakespeare.pt"
-    model = ["--n-layer", "2", "--n-head", "4", "--n-embd", "64", "--block-size", "64"]
-    run = [
-        "--batch-size",
-        "32",
-        "--max-iters",
-        "400",
-        "--eval-interval",
-        "200",
-        "--eval-iters",
-        "10",
-    ]
-    schedule = ["--eval-iters", "10", "--lr", "3e-3", "--min-lr", "3e-4", "--dropout", "0", "--warmup-iters", "20"]
-    assert bigram.main(["--data", str(corpus), "--out", str(out), *model, *run, *schedule]) == 0
+    flags = (
+        "--n-layer 2 --n-head 4 --n-embd 64 --block-size 64 --batch-size 32 --dropout 0 "
+        "--max-iters 400 --eval-interval 200 --eval-iters 10 --lr 3e-3 --min-lr 3e-4 "
+        "--warmup-iters 20"
+    ).split()
+    assert bigram.main(["--data", str(SHAKESPEARE), "--out", str(out), *flags]) == 0
     assert load_checkpoint(out)["best_val_loss"] < 2.3
