@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -355,11 +356,13 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     if not path.exists():
         raise UserError(f"checkpoint {path} not found; train one first with: python bigram.py")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
+        with warnings.catch_warnings():  # odd files make torch warn, then fail: we explain below
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many kinds of error for a damaged file
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):  # a class or function to import and call: code
             raise UserError(f"refusing to load {path}: it contains pickled code") from None
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in CHECKPOINT_KEYS):
         raise UserError(f"{path} is not a ScratchGPT checkpoint (missing model, vocab or settings)")
@@ -579,6 +582,8 @@ def train(args: argparse.Namespace) -> str:
 
     device = resolve_device(args.device or "auto")
     out = Path(args.out or CHECKPOINT_DIR / f"{args.dataset or 'shakespeare'}.pt")
+    if args.resume and not out.exists():
+        raise UserError(f"--resume: there is no checkpoint at {out} to continue")
     checkpoint = load_checkpoint(out) if args.resume else None
     config = make_config(args, device, checkpoint["config"] if checkpoint else None)
     validate(config)

@@ -1,0 +1,105 @@
+"""Checkpoints: round trip, atomic writes that survive a kill, and refusal of pickled code."""
+
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from support import REPO
+
+from bigram import (
+    GPTConfig,
+    GPTLanguageModel,
+    UserError,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
+
+
+def make_checkpoint(seed: int = 0) -> dict:
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    model = GPTLanguageModel(config)
+    return {
+        "model_args": vars(config) | {"model_type": "gpt"},
+        "vocab": list("abcde"),
+        "model": model.state_dict(),
+        "iter": seed,
+        "best_val_loss": 1.5,
+    }
+
+
+def test_round_trip_restores_the_same_model(tmp_path):
+    checkpoint = make_checkpoint()
+    save_checkpoint(checkpoint, tmp_path / "model.pt")
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "model.pt")).eval()
+    original = model_from_checkpoint(checkpoint).eval()
+    idx = torch.tensor([[0, 1, 2, 3]])
+    torch.testing.assert_close(model(idx)[0], original(idx)[0])
+    assert list(tmp_path.iterdir()) == [tmp_path / "model.pt"]  # no temporary file left behind
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').close()",))
+
+
+def test_checkpoint_carrying_pickled_code_is_refused_and_nothing_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.save(make_checkpoint() | {"vocab": RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="refusing to load .* pickled code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "PWNED").exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)  # the file really does carry code
+    assert (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "damage", [lambda b: b[: len(b) // 2], lambda b: b"\x00" * 100 + b[100:], lambda b: b""]
+)
+def test_truncated_or_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
+    path = tmp_path / "model.pt"
+    save_checkpoint(make_checkpoint(), path)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a ScratchGPT checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    pickle.dump([1, 2], (tmp_path / "list.pt").open("wb"))
+    with pytest.raises(UserError):
+        load_checkpoint(tmp_path / "list.pt")
+
+
+SAVE_FOREVER = """
+import sys, torch
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from bigram import save_checkpoint
+big = {"iter": 0, "model_args": {}, "vocab": [], "best_val_loss": 0.0}
+i = 0
+while True:
+    i += 1
+    save_checkpoint(big | {"iter": i, "model": {"w": torch.full((2_000_000,), float(i))}}, Path(sys.argv[1]))
+"""
+
+
+def test_killing_a_process_while_it_saves_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / "run.pt"
+    save_checkpoint(make_checkpoint(), path)
+    for delay in (0.4, 0.55, 0.7, 0.85, 1.0):
+        child = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path), str(REPO)])
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        checkpoint = load_checkpoint(path)
+        if checkpoint["iter"] > 0:  # one of the child's saves: complete and self-consistent
+            assert torch.all(checkpoint["model"]["w"] == checkpoint["iter"])
+    assert load_checkpoint(path)["iter"] > 0, "the child never finished a save: raise the delays"
