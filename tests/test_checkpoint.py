@@ -87,7 +87,8 @@ big = {"iter": 0, "model_args": {}, "vocab": [], "best_val_loss": 0.0}
 i = 0
 while True:
     i += 1
-    save_checkpoint(big | {"iter": i, "model": {"w": torch.full((2_000_000,), float(i))}}, Path(sys.argv[1]))
+    weights = {"w": torch.full((2_000_000,), float(i))}
+    save_checkpoint(big | {"iter": i, "model": weights}, Path(sys.argv[1]))
 """
 
 
