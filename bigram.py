@@ -24,8 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 import corpus
 from corpus import UserError, split_corpus
@@ -394,7 +396,8 @@ class TrainConfig:
     n_head: int = 6
     n_embd: int = 384
     block_size: int = 256
-    batch_size: int = 64
+    batch_size: int = 64  # sequences per micro-batch, per process
+    grad_accum: int = 1  # micro-batches per optimizer step
     dropout: float = 0.2
     max_iters: int = 5000
     eval_interval: int = 250
@@ -408,6 +411,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool = False
+    backend: str = ""  # torchrun only: nccl on CUDA, gloo otherwise
     seed: int = 1337
 
 
@@ -428,7 +432,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("batch_size", int), ("dropout", float), ("max_iters", int), ("eval_interval", int),
         ("eval_iters", int), ("lr", float), ("min_lr", float), ("warmup_iters", int),
         ("weight_decay", float), ("grad_clip", float), ("max_minutes", float), ("seed", int),
-        ("max_vocab", int),
+        ("max_vocab", int), ("grad_accum", int),
     ]:  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
     p.add_argument("--no-clean", action="store_false", dest="clean", default=None,
@@ -436,6 +440,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
     p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    p.add_argument("--backend", choices=["nccl", "gloo"], help="torchrun: distributed backend")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     return p.parse_args(argv)
 
@@ -457,7 +462,7 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
 
 
 def validate(config: TrainConfig) -> None:
-    positive = ["batch_size", "max_iters", "eval_interval", "eval_iters"]
+    positive = ["batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"]
     for name in positive:
         if getattr(config, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
@@ -481,6 +486,12 @@ def get_batch(data: np.ndarray, config: TrainConfig, generator: torch.Generator)
     windows = starts.numpy()[:, None] + np.arange(config.block_size + 1)
     batch = torch.from_numpy(data[windows].astype(np.int64))
     return batch[:, :-1], batch[:, 1:]
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Each step's randomness (batches, dropout masks) comes from (seed, rank, step) alone:
+    a resumed run needs no saved RNG state to continue exactly, and each rank draws its own data."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
 
 
 @torch.no_grad()
@@ -510,13 +521,32 @@ def learning_rate(progress: float, step: int, config: TrainConfig) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
-    """AdamW, decaying only matrices: biases, LayerNorm gains and... stay free."""
+    """AdamW that decays only matrices: biases and LayerNorm gains stay free."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=config.lr, betas=ADAM_BETAS, fused=device.type == "cuda")
+
+
+def train_step(model, optimizer, micro_batches, grad_clip: float, device, dtype) -> torch.Tensor:
+    """One optimizer step over grad-accum micro-batches; returns the last micro-batch's loss.
+
+    Under DDP, gradients are averaged across processes once, on the last micro-batch only.
+    """
+    for i, (x, y) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+            (loss / len(micro_batches)).backward()  # the step follows the mean over micro-batches
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss
 
 
 def flops_per_token(model: nn.Module) -> float:
@@ -527,20 +557,6 @@ def flops_per_token(model: nn.Module) -> float:
         n -= model.position_embedding.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
     return 6 * n
-
-
-def rng_states(train_generator: torch.Generator, device: torch.device) -> dict:
-    states = {"torch": torch.get_rng_state(), "batches": train_generator.get_state()}
-    if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
-
-
-def restore_rng_states(states: dict, train_generator: torch.Generator, device) -> None:
-    torch.set_rng_state(states["torch"])
-    train_generator.set_state(states["batches"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
 
 
 def append_log(path: Path, record: dict) -> None:
@@ -577,141 +593,198 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def train(args: argparse.Namespace) -> str:
-    from tqdm import tqdm
+# -----------------------------------------------------------------------------
+# Several processes (torchrun): one per GPU, or several on one CPU
 
-    device = resolve_device(args.device or "auto")
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:  # rank 0 evaluates, logs, prints and saves
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device, backend: str) -> tuple[Distributed, torch.device]:
+    """Join the process group when launched by torchrun (it sets RANK); else a single process."""
+    if "RANK" not in os.environ:
+        return Distributed(), device
+    ddp = Distributed(
+        int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
+    )
+    if device.type == "mps":
+        raise UserError("distributed training runs on CUDA or CPU, not MPS")
+    if device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
+    return ddp, device
+
+
+def agree_to_stop(stop: bool, elapsed: float, ddp: Distributed, device) -> tuple[bool, float]:
+    """All ranks must stop at the same step and share one clock (it sets the learning rate)."""
+    if ddp.world_size == 1:
+        return stop, elapsed
+    flags = torch.tensor([float(stop), elapsed], dtype=torch.float64, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), flags[1].item()
+
+
+# -----------------------------------------------------------------------------
+# The training run
+
+
+def prepare_run(args: argparse.Namespace, device: torch.device):
+    """Settings, corpus and (with --resume) the checkpoint to continue, all checked up front."""
     out = Path(args.out or CHECKPOINT_DIR / f"{args.dataset or 'shakespeare'}.pt")
     if args.resume and not out.exists():
         raise UserError(f"--resume: there is no checkpoint at {out} to continue")
     checkpoint = load_checkpoint(out) if args.resume else None
     config = make_config(args, device, checkpoint["config"] if checkpoint else None)
     validate(config)
-    dtype = resolve_dtype(config.dtype, device)
-    if not args.resume and not args.preset:
-        print(f"preset: {config.preset} (picked for device {device.type}; --preset overrides)")
-
-    corpus = load_corpus(config)
-    if checkpoint is not None and checkpoint["vocab"] != corpus.vocab:
+    data = load_corpus(config)
+    if checkpoint is not None and checkpoint["vocab"] != data.vocab:
         raise UserError(f"--resume: {config.data} has a different vocabulary than {out}")
-    if len(corpus.tokens) < 10 * (config.block_size + 1):
+    if len(data.tokens) < 10 * (config.block_size + 1):
         raise UserError(
-            f"corpus {config.data} has {len(corpus.tokens)} characters; it needs at least "
+            f"corpus {config.data} has {len(data.tokens)} characters; it needs at least "
             f"{10 * (config.block_size + 1)} (10 x (block_size + 1)) so that the 10% validation "
             "split holds one window"
         )
-    train_data, val_data = split_corpus(corpus.tokens)
+    return config, data, checkpoint
 
-    torch.manual_seed(config.seed)
+
+def train(args: argparse.Namespace) -> str | None:
+    """Train as the flags say; returns the summary line (None on ranks other than 0)."""
+    from tqdm import tqdm
+
+    ddp, device = setup_distributed(resolve_device(args.device or "auto"), args.backend or "")
+    config, data, checkpoint = prepare_run(args, device)
+    dtype = resolve_dtype(config.dtype, device)
+    say = print if ddp.is_main else lambda *a, **k: None
+    if not args.resume and not args.preset:
+        say(f"preset: {config.preset} (picked for device {device.type}; --preset overrides)")
+    train_data, val_data = split_corpus(data.tokens)
+
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     model_args = dict(
-        vocab_size=len(corpus.vocab), block_size=config.block_size, n_layer=config.n_layer,
+        vocab_size=len(data.vocab), block_size=config.block_size, n_layer=config.n_layer,
         n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
     )  # fmt: skip
     model = build_model(config.model, GPTConfig(**model_args)).to(device)
     optimizer = make_optimizer(model, config, device)
-    train_generator = torch.Generator().manual_seed(config.seed)
     start_iter, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     log_path = Path(config.out).with_suffix(".jsonl")
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
-        restore_rng_states(checkpoint["rng"], train_generator, device)
         start_iter, best_val_loss = checkpoint["iter"], checkpoint["best_val_loss"]
         elapsed_before = checkpoint["elapsed_s"]
-        trim_log(log_path, start_iter)
-    else:
+    if ddp.is_main:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
+        if checkpoint is not None:
+            trim_log(log_path, start_iter)
+        else:
+            log_path.write_text("")
     forward = torch.compile(model) if config.compile else model
+    if ddp.world_size > 1:
+        forward = DDP(forward, device_ids=[device.index] if device.type == "cuda" else None)
 
-    tokens_per_iter = config.batch_size * config.block_size
-    print(
+    tokens_per_step = config.batch_size * config.block_size * config.grad_accum * ddp.world_size
+    say(
         f"{config.model}: {count_parameters(model) / 1e6:.2f}M parameters, vocab "
-        f"{len(corpus.vocab)}, {len(train_data):,} train / {len(val_data):,} val tokens, "
-        f"{tokens_per_iter:,} tokens/iter on {device.type} in {str(dtype).removeprefix('torch.')}"
+        f"{len(data.vocab)}, {len(train_data):,} train / {len(val_data):,} val tokens, on "
+        f"{ddp.world_size} x {device.type} in {str(dtype).removeprefix('torch.')}\n"
+        f"tokens per optimizer step: {tokens_per_step:,} = batch {config.batch_size} x block "
+        f"{config.block_size} x grad-accum {config.grad_accum} x processes {ddp.world_size}"
     )
     splits = {"train": train_data, "val": val_data}
     best_iter = start_iter
-    budget_s = config.max_minutes * 60
 
     def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> None:
         nonlocal best_val_loss, best_iter
-        losses = estimate_loss(forward, splits, config, device, dtype)
+        losses = estimate_loss(model, splits, config, device, dtype)
         record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
         record |= {"lr": optimizer.param_groups[0]["lr"], "tokens_per_sec": tokens_per_sec}
         append_log(log_path, record | {"elapsed_s": elapsed})
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
         if losses["val"] < best_val_loss:
             best_val_loss, best_iter = losses["val"], it
-            save_checkpoint(
-                {
-                    "model_args": model_args | {"model_type": config.model},
-                    "vocab": corpus.vocab,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "iter": it,
-                    "best_val_loss": best_val_loss,
-                    "rng": rng_states(train_generator, device),
-                    "config": asdict(config),
-                    "elapsed_s": elapsed,
-                },
-                Path(config.out),
-            )
+            checkpoint = {
+                "model_args": model_args | {"model_type": config.model},
+                "vocab": data.vocab,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "iter": it,
+                "best_val_loss": best_val_loss,
+                "rng": {"seed": config.seed, "next_step": it},  # see step_seed
+                "config": asdict(config),
+                "elapsed_s": elapsed,
+            }
+            save_checkpoint(checkpoint, Path(config.out))
 
-    bar = tqdm(total=config.max_iters, initial=start_iter, dynamic_ncols=True, unit="it")
+    bar = tqdm(total=config.max_iters, initial=start_iter, unit="it", disable=not ddp.is_main)
     t_start = time.perf_counter() - elapsed_before
+    budget_s = config.max_minutes * 60
     it, last_eval, tokens_per_sec = start_iter, start_iter, 0.0
     t_window, it_window = time.perf_counter(), start_iter
     with stop_requests() as stop:
         while it < config.max_iters:
-            elapsed = time.perf_counter() - t_start
-            if stop.is_set():
-                bar.write(f"interrupted at iter {it}: saving (Ctrl-C again to quit without saving)")
-                break
-            if budget_s and elapsed >= budget_s:
-                bar.write(f"time budget of {config.max_minutes:g} minutes spent at iter {it}")
+            out_of_time = budget_s > 0 and time.perf_counter() - t_start >= budget_s
+            halt, elapsed = agree_to_stop(
+                stop.is_set() or out_of_time, time.perf_counter() - t_start, ddp, device
+            )
+            if halt:
+                why = "interrupted" if stop.is_set() else f"{config.max_minutes:g} minutes spent"
+                bar.write(f"stopping at iter {it} ({why}): evaluating and saving")
                 break
             # Progress is the share of whichever budget (iterations or minutes) runs out first.
             progress = max(it / config.max_iters, elapsed / budget_s if budget_s else 0.0)
             lr = learning_rate(progress, it, config)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = get_batch(train_data, config, train_generator)
-            with autocast(device, dtype):
-                _, loss = forward(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            seed = step_seed(config.seed, ddp.rank, it)
+            torch.manual_seed(seed)  # dropout masks
+            batches = torch.Generator().manual_seed(seed)
+            micro = [get_batch(train_data, config, batches) for _ in range(config.grad_accum)]
+            loss = train_step(forward, optimizer, micro, config.grad_clip, device, dtype)
             it += 1
             bar.update(1)
-            if it % 10 == 0:  # reading the loss waits for the GPU: not on every step
+            if it % 10 == 0 and ddp.is_main:  # reading the loss waits for the GPU: not every step
                 now = time.perf_counter()
-                tokens_per_sec = (it - it_window) * tokens_per_iter / (now - t_window)
+                tokens_per_sec = (it - it_window) * tokens_per_step / (now - t_window)
                 t_window, it_window = now, it
                 bar.set_postfix(
                     loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}"
                 )
-            if it % config.eval_interval == 0:
+            if it % config.eval_interval == 0 and ddp.is_main:
                 evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
                 last_eval = it
-        if it != last_eval:
+        if it != last_eval and ddp.is_main:
             evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
     bar.close()
-    return f"best val loss {best_val_loss:.4f} at iter {best_iter} -> {config.out}"
+    if ddp.world_size > 1:
+        dist.destroy_process_group()
+    if ddp.is_main:
+        return f"best val loss {best_val_loss:.4f} at iter {best_iter} -> {config.out}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        print(train(args))
+        summary = train(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; the last saved checkpoint is intact", file=sys.stderr)  # 2nd Ctrl-C
         return 130
+    if summary is not None:
+        print(summary)
     return 0
 
 

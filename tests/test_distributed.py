@@ -1,0 +1,111 @@
+"""torchrun and DDP on the CPU with gloo: the same update, one checkpoint, a clean failure."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from support import REPO, TINY_RUN, write_corpus
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from bigram import GPTConfig, GPTLanguageModel, load_checkpoint, train_step
+
+CONFIG = GPTConfig(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
+
+
+def fresh_model_and_optimizer():
+    torch.manual_seed(0)
+    model = GPTLanguageModel(CONFIG)
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+
+
+def fixed_batches(n: int):
+    generator = torch.Generator().manual_seed(1)
+    tokens = torch.randint(CONFIG.vocab_size, (n, 4, CONFIG.block_size + 1), generator=generator)
+    return [(t[:, :-1], t[:, 1:]) for t in tokens]
+
+
+def one_ddp_step(rank: int, world_size: int, port: int, out: str) -> None:
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    model, optimizer = fresh_model_and_optimizer()
+    train_step(
+        DDP(model), optimizer, [fixed_batches(2)[rank]], 1.0, torch.device("cpu"), torch.float32
+    )
+    if rank == 0:
+        torch.save(model.state_dict(), out)
+    dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_take_the_same_step_as_one_with_the_whole_batch(tmp_path):
+    out = tmp_path / "ddp.pt"
+    mp.spawn(one_ddp_step, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    ddp_weights = torch.load(out, weights_only=True)
+
+    (x0, y0), (x1, y1) = fixed_batches(2)
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    whole, optimizer = fresh_model_and_optimizer()
+    train_step(whole, optimizer, [(torch.cat([x0, x1]), torch.cat([y0, y1]))], 1.0, cpu, fp32)
+    accumulated, optimizer = fresh_model_and_optimizer()  # --grad-accum 2 in one process
+    train_step(accumulated, optimizer, [(x0, y0), (x1, y1)], 1.0, cpu, fp32)
+    for name, weight in whole.state_dict().items():
+        torch.testing.assert_close(ddp_weights[name], weight)
+        torch.testing.assert_close(accumulated.state_dict()[name], weight)
+
+
+def torchrun(tmp_path: Path, *flags: str) -> subprocess.Popen:
+    write_corpus(tmp_path / "c.txt")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    script = [str(REPO / "bigram.py"), "--data", "c.txt", "--out", "run.pt", *TINY_RUN, *flags]
+    return subprocess.Popen(
+        command + script, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_torchrun_trains_and_rank_0_saves_one_checkpoint(tmp_path):
+    job = torchrun(tmp_path, "--max-iters", "6", "--eval-interval", "3", "--grad-accum", "2")
+    stdout, stderr = job.communicate(timeout=240)
+    assert job.returncode == 0, stderr
+    assert (
+        "tokens per optimizer step: 512 = batch 8 x block 16 x grad-accum 2 x processes 2" in stdout
+    )
+    assert stdout.count("best val loss") == 1  # printed by rank 0 only
+    assert load_checkpoint(tmp_path / "run.pt")["iter"] in (3, 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "run.jsonl", "run.pt"]
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The processes torchrun started (children of the launcher)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.append(int(stat.parent.name))
+    return children
+
+
+def test_a_killed_rank_ends_the_job_and_the_checkpoint_stays_loadable(tmp_path):
+    job = torchrun(tmp_path, "--max-iters", "100000", "--eval-interval", "5")
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "run.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (tmp_path / "run.pt").exists(), "the job never saved a checkpoint"
+    os.kill(max(worker_pids(job.pid)), signal.SIGKILL)
+    job.communicate(timeout=120)
+    assert job.returncode != 0
+    assert load_checkpoint(tmp_path / "run.pt")["iter"] % 5 == 0
