@@ -105,6 +105,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, cache: tuple[torch.Tensor, torch.Tensor] | None = None, start: int = 0):
         B, T, C = x.shape
+        # SDPA's causal mask is aligned top-left, so a multi-token step must start an empty cache.
+        assert T == 1 or start == 0, "multi-token steps must start an empty cache"
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         if cache is not None:
@@ -113,9 +115,7 @@ class CausalSelfAttention(nn.Module):
             cache_k[:, :, start : start + T] = k
             cache_v[:, :, start : start + T] = v
             k, v = cache_k[:, :, : start + T], cache_v[:, :, : start + T]
-        # A prompt starts at position 0 and needs the causal mask; a single new token may look at
-        # every cached position. (SDPA's causal mask is aligned top-left, so T > 1 needs start 0.)
-        assert T == 1 or start == 0, "multi-token steps must start an empty cache"
+        # A prompt starts at position 0 and needs the causal mask; one new token sees all the cache.
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=T > 1
         )
@@ -158,7 +158,7 @@ class GPTLanguageModel(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
         self.apply(self._init_weights)
         # Residual projections add up over 2 * n_layer branches: scale them down (GPT-2).
         for name, p in self.named_parameters():
@@ -423,7 +423,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # Every setting defaults to None so we can tell what was given on the command line:
     # given flags override the preset (or, with --resume, the checkpoint's settings).
     p.add_argument("--dataset", choices=DATASET_FILES)
-    p.add_argument("--data", help="corpus: a UTF-8 text file (default data/input.txt)")
+    p.add_argument("--data", help="corpus: a UTF-8 text file, or a .rar for reddit")
     p.add_argument("--out", help="checkpoint path (default checkpoints/<dataset>.pt)")
     p.add_argument("--preset", choices=PRESETS, help="default: gpu on CUDA, cpu otherwise")
     p.add_argument("--model", choices=MODEL_TYPES)
