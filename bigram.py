@@ -13,7 +13,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -336,18 +335,10 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    """Write to a temporary file, then rename over the old one: a crash never leaves half a file."""
+    """Atomic: a crash or kill while saving leaves the previous checkpoint in place, loadable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with corpus.atomic_file(path) as f:
+        torch.save(checkpoint, f)
 
 
 CHECKPOINT_KEYS = ("model_args", "vocab", "model", "iter", "best_val_loss")
