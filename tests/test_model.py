@@ -5,6 +5,7 @@ import torch
 
 from bigram import (
     BigramLanguageModel,
+    Dropout,
     GPTConfig,
     GPTLanguageModel,
     KVCache,
@@ -107,3 +108,15 @@ def test_top_p_keeps_only_the_nucleus():
     generator = torch.Generator().manual_seed(0)
     picks = {sample_next(logits, top_p=0.75, generator=generator).item() for _ in range(200)}
     assert picks == {0, 1}  # 0.5 + 0.3 reaches 0.75; the tail is never drawn
+
+
+def test_fast_dropout_drops_the_right_share_and_keeps_the_mean():
+    torch.manual_seed(0)
+    dropout = Dropout(0.2)
+    x = torch.ones(64, 256, 384)
+    y = dropout(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01  # survivors are scaled by 1 / (1 - p)
+    assert not torch.equal(dropout(x), y)  # a fresh mask each call
+    assert torch.equal(dropout.eval()(x), x)
