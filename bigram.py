@@ -434,23 +434,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a character-level GPT (or the bigram baseline).")
     # Every setting defaults to None so we can tell what was given on the command line:
     # given flags override the preset (or, with --resume, the checkpoint's settings).
-    p.add_argument("--dataset", choices=DATASET_FILES)
+    p.add_argument("--dataset", choices=DATASET_FILES, help="default: shakespeare")
     p.add_argument("--data", help="corpus: a UTF-8 text file, or a .rar for reddit")
     p.add_argument("--out", help="checkpoint path (default checkpoints/<dataset>.pt)")
     p.add_argument("--preset", choices=PRESETS, help="default: gpu on CUDA, cpu otherwise")
-    p.add_argument("--model", choices=MODEL_TYPES)
-    for name, kind in [
-        ("n_layer", int), ("n_head", int), ("n_embd", int), ("block_size", int),
-        ("batch_size", int), ("dropout", float), ("max_iters", int), ("eval_interval", int),
-        ("eval_iters", int), ("lr", float), ("min_lr", float), ("warmup_iters", int),
-        ("weight_decay", float), ("grad_clip", float), ("max_minutes", float), ("seed", int),
-        ("max_vocab", int), ("grad_accum", int),
-    ]:  # fmt: skip
-        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    p.add_argument("--model", choices=MODEL_TYPES, help="gpt (default) or the bigram baseline")
+    for name, kind, text in [
+        ("n_layer", int, "transformer blocks"),
+        ("n_head", int, "attention heads per block"),
+        ("n_embd", int, "channels (embedding width)"),
+        ("block_size", int, "context length in characters"),
+        ("batch_size", int, "sequences per micro-batch, per process"),
+        ("grad_accum", int, "micro-batches per optimizer step"),
+        ("dropout", float, "dropout rate"),
+        ("max_iters", int, "optimizer steps"),
+        ("eval_interval", int, "steps between evaluations (and saves)"),
+        ("eval_iters", int, "batches per split in an evaluation"),
+        ("lr", float, "peak learning rate"),
+        ("min_lr", float, "learning rate at the end of the cosine decay"),
+        ("warmup_iters", int, "steps of linear warmup"),
+        ("weight_decay", float, "AdamW weight decay (matrices only)"),
+        ("grad_clip", float, "clip the gradient norm to this (0: off)"),
+        ("max_minutes", float, "time budget: the schedule fits it, then training stops"),
+        ("seed", int, "random seed"),
+        ("max_vocab", int, "reddit: keep this many characters, the rarest become one symbol"),
+    ]:
+        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name, help=text)
     p.add_argument("--no-clean", action="store_false", dest="clean", default=None,
                    help="Reddit: keep the text exactly as archived")  # fmt: skip
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"])
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="autocast precision; auto: bfloat16 where the hardware has it")  # fmt: skip
     p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
     p.add_argument("--backend", choices=["nccl", "gloo"], help="torchrun: distributed backend")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
