@@ -41,8 +41,8 @@ PRESETS = {
         lr=1e-3, min_lr=1e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
     ),
     "cpu": dict(
-        n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
-        max_iters=4000, eval_interval=250, eval_iters=20,
+        n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.0,
+        max_iters=2300, eval_interval=250, eval_iters=20,
         lr=2e-3, min_lr=2e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
     ),
 }  # fmt: skip

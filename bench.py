@@ -1,0 +1,600 @@
+"""How fast is ScratchGPT on this machine, and how close to what the hardware can do?
+
+    python bench.py                         # all sections, reference configuration (gpu preset)
+    python bench.py --preset cpu            # another preset; --n-layer, --batch-size... override
+    python bench.py --only train,generate   # some sections: matmul, train, generate, corpus
+    python bench.py --json bench.json       # also write the results as JSON
+    python bench.py --skip-original         # leave out the original code (saves a minute)
+    python bench.py --tiny                  # a tiny configuration that runs in seconds (tests)
+
+Sections:
+  matmul    the machine's matrix-product peak in float32 and bfloat16 (the MFU denominator)
+  train     training tokens/s and model FLOPs utilisation, through bigram.train_step
+  generate  characters/s with and without the KV cache, and for batches of samples
+  corpus    corpus.load_reddit on a synthetic Reddit text: MB/s and peak memory, in a subprocess
+
+Each section also times the original code's approach (Karpathy's "Let's build GPT" gpt.py,
+re-implemented below in a few lines) in the same run, so every speed-up is measured, not quoted.
+Timings depend on what else runs: look at `uptime` first and keep the machine otherwise idle.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+import bigram
+import corpus
+
+REPO = Path(__file__).resolve().parent
+REDDIT_SAMPLE = REPO.parent / "shared" / "data" / "reddit" / "comments.txt"
+VOCAB_SIZE = 65  # Tiny Shakespeare's; speed does not depend on the data, so tokens are random
+TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, dropout=0.2)
+SECTIONS = ("matmul", "train", "generate", "corpus")
+
+
+# -----------------------------------------------------------------------------
+# Timing
+
+
+def seconds_per_call(fn: Callable[[], object], min_seconds: float, min_calls: int = 1) -> float:
+    """Mean wall time of fn, called until both min_calls and min_seconds are reached."""
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < min_seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def matmul_gflops(n: int, dtype: torch.dtype, min_seconds: float) -> float:
+    """Throughput of one n x n x n matrix product, after a warm-up call (kernel selection)."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    return 2 * n**3 / seconds_per_call(lambda: a @ b, min_seconds, min_calls=3) / 1e9
+
+
+def bench_matmul(sizes: list[int], min_seconds: float) -> dict:
+    """The best of a few sizes: small ones do not fill the cores, big ones spill the caches."""
+    result = {"sizes": sizes}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = str(dtype).removeprefix("torch.")
+        result[f"{name}_gflops"] = max(matmul_gflops(n, dtype, min_seconds) for n in sizes)
+    return result
+
+
+# -----------------------------------------------------------------------------
+# The original code: Karpathy's gpt.py, re-implemented faithfully and briefly. One module per
+# head, each with its own key/query/value projections; a tril mask buffer, masked_fill, softmax
+# and dropout on the attention weights; ReLU; float32; generation recomputes the whole context.
+
+
+class OriginalHead(nn.Module):
+    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float):
+        super().__init__()
+        self.key = nn.Linear(n_embd, head_size, bias=False)
+        self.query = nn.Linear(n_embd, head_size, bias=False)
+        self.value = nn.Linear(n_embd, head_size, bias=False)
+        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        k, q = self.key(x), self.query(x)
+        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
+        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
+        wei = self.dropout(F.softmax(wei, dim=-1))
+        return wei @ self.value(x)
+
+
+class OriginalMultiHead(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float):
+        super().__init__()
+        head_size = n_embd // n_head
+        heads = (OriginalHead(n_embd, head_size, block_size, dropout) for _ in range(n_head))
+        self.heads = nn.ModuleList(heads)
+        self.proj = nn.Linear(n_embd, n_embd)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
+
+
+class OriginalBlock(nn.Module):
+    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float):
+        super().__init__()
+        self.sa = OriginalMultiHead(n_embd, n_head, block_size, dropout)
+        self.ffwd = nn.Sequential(
+            nn.Linear(n_embd, 4 * n_embd), nn.ReLU(), nn.Linear(4 * n_embd, n_embd),
+            nn.Dropout(dropout),
+        )  # fmt: skip
+        self.ln1, self.ln2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
+
+    def forward(self, x):
+        x = x + self.sa(self.ln1(x))
+        return x + self.ffwd(self.ln2(x))
+
+
+class OriginalGPT(nn.Module):
+    def __init__(self, vocab_size, n_layer, n_head, n_embd, block_size, dropout):
+        super().__init__()
+        self.block_size = block_size
+        self.token_embedding_table = nn.Embedding(vocab_size, n_embd)
+        self.position_embedding_table = nn.Embedding(block_size, n_embd)
+        blocks = (OriginalBlock(n_embd, n_head, block_size, dropout) for _ in range(n_layer))
+        self.blocks = nn.Sequential(*blocks)
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(T))
+        logits = self.lm_head(self.ln_f(self.blocks(x)))
+        if targets is None:
+            return logits, None
+        B, T, C = logits.shape
+        return logits, F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
+
+    def generate(self, idx, max_new_tokens: int):
+        # As gpt.py calls it after training: in train mode, with autograd on.
+        for _ in range(max_new_tokens):
+            logits, _ = self(idx[:, -self.block_size :])
+            probs = F.softmax(logits[:, -1, :], dim=-1)
+            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
+        return idx
+
+
+def original_model(shape: dict) -> OriginalGPT:
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+    return OriginalGPT(VOCAB_SIZE, **{k: shape[k] for k in keys})
+
+
+def original_get_batch(data: torch.Tensor, block_size: int, batch_size: int):
+    ix = torch.randint(len(data) - block_size, (batch_size,))
+    x = torch.stack([data[i : i + block_size] for i in ix])
+    y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
+    return x, y
+
+
+# -----------------------------------------------------------------------------
+# Training
+
+
+def scratch_model(shape: dict) -> bigram.GPTLanguageModel:
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+    return bigram.GPTLanguageModel(
+        bigram.GPTConfig(vocab_size=VOCAB_SIZE, **{k: shape[k] for k in keys})
+    )
+
+
+def training_throughput(step: Callable[[int], None], shape: dict, flops_per_token: float,
+                        peak_gflops: float | None, steps: int, warmup: int) -> dict:  # fmt: skip
+    """Time `steps` calls of step(i) after `warmup` untimed ones (oneDNN picks and builds its
+    kernels on the first calls); MFU is the share of the measured matmul peak put to use."""
+    for i in range(warmup):
+        step(i)
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        step(i)
+    seconds = (time.perf_counter() - start) / steps
+    tokens_per_s = shape["batch_size"] * shape["block_size"] / seconds
+    mfu = flops_per_token * tokens_per_s / (peak_gflops * 1e9) if peak_gflops else None
+    return {"ms_per_step": 1000 * seconds, "tokens_per_s": tokens_per_s, "mfu": mfu}
+
+
+def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup: int) -> dict:
+    """Whole optimizer steps as bigram.train runs them: seeding, batch, forward, backward,
+    clipping, AdamW."""
+    device = torch.device("cpu")
+    config = bigram.TrainConfig(**shape)
+    data = np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint8)
+    torch.manual_seed(0)
+    model = scratch_model(shape)
+    optimizer = bigram.make_optimizer(model, config, device)
+
+    def step(i: int) -> None:
+        seed = bigram.step_seed(config.seed, 0, i)
+        torch.manual_seed(seed)
+        batch = bigram.get_batch(data, config, torch.Generator().manual_seed(seed))
+        bigram.train_step(model, optimizer, [batch], config.grad_clip, device, dtype)
+
+    name = str(dtype).removeprefix("torch.")
+    flops = bigram.flops_per_token(model)
+    timing = training_throughput(step, shape, flops, peaks.get(f"{name}_gflops"), steps, warmup)
+    return {
+        "dtype": name,
+        "parameters": bigram.count_parameters(model),
+        "flops_per_token": flops,
+        **timing,
+    }
+
+
+def bench_train_original(shape: dict, peaks: dict, steps: int, warmup: int) -> dict:
+    """gpt.py's loop: AdamW at its defaults, no clipping, float32. MFU counts ScratchGPT's FLOPs
+    per token: the same shapes do the same useful work."""
+    torch.manual_seed(0)
+    model = original_model(shape)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    data = torch.randint(VOCAB_SIZE, (1_000_000,))
+
+    def step(i: int) -> None:
+        x, y = original_get_batch(data, shape["block_size"], shape["batch_size"])
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    flops = bigram.flops_per_token(scratch_model(shape))
+    timing = training_throughput(step, shape, flops, peaks.get("float32_gflops"), steps, warmup)
+    return {"dtype": "float32", **timing}
+
+
+# -----------------------------------------------------------------------------
+# Generation. Every run starts from a full window (block_size tokens of prompt), so each
+# character is produced with the longest context: the steady state of a long sample.
+
+
+def chars_per_second(
+    generate: Callable[[torch.Tensor, int], None], batch: int, block_size: int, num_tokens: int
+) -> float:
+    prompt = torch.randint(VOCAB_SIZE, (batch, block_size))
+    generate(prompt, 2)  # warm-up: the first calls of each kernel are slow
+    start = time.perf_counter()
+    generate(prompt, num_tokens)
+    return batch * num_tokens / (time.perf_counter() - start)
+
+
+def scratch_generator(model: nn.Module, use_kv_cache: bool):
+    def generate(prompt: torch.Tensor, num_tokens: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        steps = bigram.generate_tokens(
+            model, prompt, num_tokens, use_kv_cache=use_kv_cache, generator=g
+        )
+        for _ in steps:
+            pass
+
+    return generate
+
+
+def bench_generate(
+    shape: dict, num_tokens: int, slow_tokens: int, batches: list[int], original: bool
+) -> dict:
+    """Characters/s with the KV cache for batches of samples, float32 weights (what MODEL.py uses
+    on a CPU for one sample) and bfloat16 ones; then batch 1 without the cache, and the original
+    loop. Batch sizes count samples: the rates are for all of them together."""
+    torch.manual_seed(0)
+    block = shape["block_size"]
+    fp32 = scratch_model(shape).eval()
+    bf16 = scratch_model(shape).eval().to(torch.bfloat16)
+    result: dict = {"batch": {}}
+    for n in batches:
+        result["batch"][str(n)] = {
+            name: chars_per_second(scratch_generator(model, True), n, block, num_tokens)
+            for name, model in (("float32", fp32), ("bfloat16", bf16))
+        }
+    result["kv_cache_chars_per_s"] = result["batch"]["1"]["float32"]
+    uncached = scratch_generator(fp32, use_kv_cache=False)
+    result["no_cache_chars_per_s"] = chars_per_second(uncached, 1, block, slow_tokens)
+    if original:
+        model = original_model(shape)  # in train mode, as gpt.py leaves it after training
+        result["original_chars_per_s"] = chars_per_second(model.generate, 1, block, slow_tokens)
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Corpus preparation, each run in a fresh interpreter. RUSAGE_CHILDREN reports the largest
+# child so far, so every measured program runs under its own small parent (MEASURE).
+
+MEASURE = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+child = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"returncode": child.returncode, "wall_s": time.perf_counter() - start,
+                  "peak_rss": peak, "stdout": child.stdout, "stderr": child.stderr}))
+"""
+
+# Each program prints its memory after its imports (the interpreter's baseline) and the time of
+# the work alone, on its last line.
+REDDIT_PROGRAM = """
+import json, resource, sys, time
+from pathlib import Path
+import corpus
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+data = corpus.load_reddit(Path(sys.argv[1]), Path(sys.argv[2]), clean=True,
+                          max_vocab=corpus.DEFAULT_MAX_VOCAB)
+work = time.perf_counter() - start
+print(json.dumps({"baseline_rss": baseline, "work_s": work, "tokens": len(data.tokens)}))
+"""
+
+ORIGINAL_PROGRAM = """
+import json, resource, sys, time
+import torch
+baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+with open(sys.argv[1], encoding="utf-8") as f:
+    text = f.read()
+chars = sorted(list(set(text)))
+stoi = {ch: i for i, ch in enumerate(chars)}
+encode = lambda s: [stoi[c] for c in s]
+data = torch.tensor(encode(text), dtype=torch.long)
+work = time.perf_counter() - start
+print(json.dumps({"baseline_rss": baseline, "work_s": work, "tokens": len(data)}))
+"""
+
+
+def rss_mb(ru_maxrss: int) -> float:
+    return ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1 << 10)  # bytes on macOS
+
+
+def measure(program: str, *args: str) -> dict:
+    """Run `python -c program args` from the repository: wall time, peak RSS, its own report."""
+    command = [sys.executable, "-c", MEASURE, sys.executable, "-c", program, *args]
+    outer = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=True)
+    run = json.loads(outer.stdout)
+    if run["returncode"] != 0:
+        lines = run["stderr"].strip().splitlines() or ["no output"]
+        raise RuntimeError(f"exit {run['returncode']}: {lines[-1]}")
+    report = json.loads(run["stdout"].strip().splitlines()[-1])
+    peak, baseline = rss_mb(run["peak_rss"]), rss_mb(report["baseline_rss"])
+    return {
+        "wall_s": run["wall_s"],
+        "work_s": report["work_s"],
+        "tokens": report["tokens"],
+        "peak_rss_mb": peak,
+        "baseline_rss_mb": baseline,
+    }
+
+
+def write_synthetic_text(path: Path, size_mb: float) -> float:
+    """About size_mb of text: the Reddit sample repeated (whole lines), else made-up comments.
+    Returns the size written, in MB."""
+    if REDDIT_SAMPLE.exists():
+        sample = REDDIT_SAMPLE.read_bytes()
+    else:
+        rng = np.random.default_rng(0)
+        words = "the a i you it is that to and of in this not my was for lol &amp; :) 🙂".split()
+        lines = (" ".join(rng.choice(words, size=12)) + "\n" for _ in range(50_000))
+        sample = "".join(lines).encode("utf-8")
+    target = int(size_mb * 1e6)
+    with path.open("wb") as f:
+        while f.tell() < target:
+            piece = sample[: target - f.tell()]
+            f.write(piece if len(piece) == len(sample) else piece[: piece.rfind(b"\n") + 1])
+            if len(piece) < len(sample):
+                break
+    return path.stat().st_size / 1e6
+
+
+def summarise(run: dict, size_mb: float) -> dict:
+    return run | {
+        "size_mb": size_mb,
+        "mb_per_s": size_mb / run["work_s"],
+        "peak_rss_per_mb": run["peak_rss_mb"] / size_mb,
+        "net_rss_per_mb": (run["peak_rss_mb"] - run["baseline_rss_mb"]) / size_mb,
+    }
+
+
+def bench_corpus(size_mb: float, original_mb: float, folder: Path) -> dict:
+    """corpus.load_reddit (a cold cache: it reads, cleans, counts and encodes) on size_mb, and
+    the original one-liner `torch.tensor([stoi[c] for c in text])` on original_mb."""
+    result: dict = {"source": str(REDDIT_SAMPLE) if REDDIT_SAMPLE.exists() else "generated"}
+    text = folder / "original.txt"
+    mb = write_synthetic_text(text, original_mb)
+    result["original"] = summarise(measure(ORIGINAL_PROGRAM, str(text)), mb)
+    text.unlink()
+    if not hasattr(corpus, "load_reddit"):
+        result["load_reddit"] = {"available": False, "reason": "corpus.load_reddit not found"}
+        return result
+    text = folder / "reddit.txt"
+    mb = write_synthetic_text(text, size_mb)
+    try:
+        run = measure(REDDIT_PROGRAM, str(text), str(folder / "cache"))
+    except RuntimeError as e:
+        result["load_reddit"] = {"available": False, "reason": f"load_reddit failed: {e}"}
+        return result
+    result["load_reddit"] = {"available": True} | summarise(run, mb)
+    # Above each interpreter's own baseline: the original imports torch, load_reddit does not.
+    result["net_rss_per_mb_ratio"] = (
+        result["original"]["net_rss_per_mb"] / result["load_reddit"]["net_rss_per_mb"]
+    )
+    return result
+
+
+# -----------------------------------------------------------------------------
+# Report
+
+
+def machine() -> dict:
+    model_name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model_name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model_name,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "native_bf16": bigram.cpu_has_native_bf16(),
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def table_rows(results: dict) -> list[tuple[str, str, str]]:
+    """(measurement, value, unit) rows for the sections that ran."""
+    rows = []
+    if "matmul" in results:
+        m = results["matmul"]
+        sizes = "/".join(str(n) for n in m["sizes"])
+        for dtype in ("float32", "bfloat16"):
+            value = f"{m[dtype + '_gflops']:,.0f}"
+            rows.append((f"matmul peak {dtype} (best of n={sizes})", value, "GFLOP/s"))
+    if "train" in results:
+        t = results["train"]
+        mfu = lambda r: f"tokens/s, MFU {r['mfu']:.1%}" if r["mfu"] is not None else "tokens/s"
+        rows.append((f"train ScratchGPT, {t['dtype']}", f"{t['tokens_per_s']:,.0f}", mfu(t)))
+        if "original" in t:
+            o = t["original"]
+            rows.append(("train original gpt.py, float32", f"{o['tokens_per_s']:,.0f}", mfu(o)))
+            speedup = f"{t['tokens_per_s'] / o['tokens_per_s']:.1f}"
+            rows.append(("train speed-up over the original", speedup, "x"))
+    if "generate" in results:
+        g = results["generate"]
+        for n, by_dtype in g["batch"].items():
+            for dtype, value in by_dtype.items():
+                samples = "1 sample" if n == "1" else f"{n} samples"
+                unit = "chars/s" if n == "1" else "chars/s, all samples together"
+                rows.append((f"generate {samples}, KV cache, {dtype}", f"{value:,.0f}", unit))
+        uncached = f"{g['no_cache_chars_per_s']:,.0f}"
+        rows.append(("generate 1 sample, no cache, float32", uncached, "chars/s"))
+        if "original_chars_per_s" in g:
+            original = f"{g['original_chars_per_s']:,.0f}"
+            rows.append(("generate 1 sample, original gpt.py loop", original, "chars/s"))
+            speedup = f"{g['kv_cache_chars_per_s'] / g['original_chars_per_s']:.0f}"
+            rows.append(("generate speed-up over the original (KV cache)", speedup, "x"))
+    if "corpus" in results:
+        c = results["corpus"]
+        for name, r in (("original one-liner", c["original"]), ("load_reddit", c["load_reddit"])):
+            if r.get("available", True):
+                memory = (
+                    f"MB/s; peak RSS {r['peak_rss_mb']:,.0f} MB: {r['net_rss_per_mb']:.2f} MB "
+                    f"per MB of text over the interpreter's {r['baseline_rss_mb']:.0f} MB"
+                )
+                rows.append(
+                    (f"corpus {name}, {r['size_mb']:.3g} MB", f"{r['mb_per_s']:.1f}", memory)
+                )
+        if c["load_reddit"]["available"]:
+            ratio = f"{c['net_rss_per_mb_ratio']:.0f}"
+            rows.append(("corpus memory per MB, original / load_reddit", ratio, "x"))
+        else:
+            rows.append(("corpus load_reddit", "unavailable", c["load_reddit"]["reason"]))
+    return rows
+
+
+def print_report(results: dict) -> None:
+    m, s = results["machine"], results["config"]
+    print(
+        f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads, "
+        f"load average {m['load_average']:.2f} at the start"
+    )
+    print(
+        f"model: {s['n_layer']} layers, {s['n_head']} heads, {s['n_embd']} channels, context "
+        f"{s['block_size']}, batch {s['batch_size']}, dropout {s['dropout']} ({s['name']})\n"
+    )
+    rows = table_rows(results)
+    width = max(len(r[0]) for r in rows)
+    value_width = max(len(r[1]) for r in rows)
+    for name, value, unit in rows:
+        print(f"{name:<{width}}  {value:>{value_width}}  {unit}")
+
+
+# -----------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Benchmark ScratchGPT on this machine.")
+    p.add_argument("--preset", choices=bigram.PRESETS, default="gpu")
+    for name, kind in [("n_layer", int), ("n_head", int), ("n_embd", int), ("block_size", int),
+                       ("batch_size", int), ("dropout", float)]:  # fmt: skip
+        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
+    p.add_argument(
+        "--dtype",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="training precision (auto: bfloat16 where the CPU has it natively)",
+    )
+    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps")
+    p.add_argument("--corpus-mb", type=float, default=250, help="text size for load_reddit")
+    p.add_argument(
+        "--original-corpus-mb",
+        type=float,
+        default=25,
+        help="text size for the original one-liner (it needs far more memory)",
+    )
+    p.add_argument(
+        "--skip-original",
+        action="store_true",
+        help="leave out the original code's timings (a minute at the reference size)",
+    )
+    p.add_argument("--tiny", action="store_true", help="tiny model and sizes: seconds, for tests")
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"--only: unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    return args
+
+
+def model_shape(args: argparse.Namespace) -> dict:
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "dropout")
+    preset = TINY if args.tiny else bigram.PRESETS[args.preset]
+    shape = {k: preset[k] for k in keys}
+    shape |= {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    bigram.GPTConfig(vocab_size=VOCAB_SIZE, **{k: shape[k] for k in keys if k != "batch_size"})
+    return shape
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sections, tiny, original = args.only.split(","), args.tiny, not args.skip_original
+    try:
+        shape = model_shape(args)
+    except corpus.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    dtype = bigram.resolve_dtype(args.dtype, torch.device("cpu"))
+    name = "tiny" if tiny else f"preset {args.preset}"
+    results: dict = {"machine": machine(), "config": shape | {"name": name}}
+    peaks: dict = {}
+    if "matmul" in sections:
+        print("matmul peak...", flush=True)
+        sizes = [128] if tiny else [1024, 2048, 4096]
+        results["matmul"] = peaks = bench_matmul(sizes, min_seconds=0.05 if tiny else 0.5)
+    if "train" in sections:
+        print("training...", flush=True)
+        steps, warmup = (1, 1) if tiny else (args.steps, 2)
+        results["train"] = bench_train(shape, dtype, peaks, steps, warmup)
+        if original:  # about 10 s a step at the reference configuration: fewer steps
+            results["train"]["original"] = bench_train_original(shape, peaks, (steps + 1) // 2, 1)
+    if "generate" in sections:
+        print("generation...", flush=True)
+        num_tokens, slow_tokens = (8, 2) if tiny else (2 * shape["block_size"], 16)
+        batches = [1, 2] if tiny else [1, 8, 32]
+        results["generate"] = bench_generate(shape, num_tokens, slow_tokens, batches, original)
+    if "corpus" in sections:
+        print("corpus preparation...", flush=True)
+        sizes = (1, 0.5) if tiny else (args.corpus_mb, args.original_corpus_mb)
+        with tempfile.TemporaryDirectory(prefix="bench-corpus-") as folder:
+            results["corpus"] = bench_corpus(*sizes, Path(folder))
+    print_report(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

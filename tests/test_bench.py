@@ -1,0 +1,83 @@
+"""bench.py: it runs end to end on a tiny configuration and reports every section.
+
+Timings are never asserted: they depend on the machine and on what else runs on it.
+"""
+
+import json
+import subprocess
+import sys
+
+import torch
+from support import REPO
+
+import bench
+
+KEYS = {
+    "machine": {"cpu", "cores", "torch_threads", "torch", "native_bf16"},
+    "config": {"n_layer", "n_head", "n_embd", "block_size", "batch_size", "dropout"},
+    "matmul": {"float32_gflops", "bfloat16_gflops", "sizes"},
+    "train": {"dtype", "tokens_per_s", "ms_per_step", "mfu", "flops_per_token", "original"},
+    "generate": {"kv_cache_chars_per_s", "no_cache_chars_per_s", "original_chars_per_s", "batch"},
+    "corpus": {"original", "load_reddit"},
+}
+
+
+def test_tiny_run_writes_every_section_to_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench.py"), "--tiny", "--json", str(out)],
+        cwd=tmp_path,  # bench.py must not depend on the working directory
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    results = json.loads(out.read_text())
+    for section, keys in KEYS.items():
+        assert keys <= results[section].keys(), section
+    assert results["train"]["tokens_per_s"] > 0 and 0 < results["train"]["mfu"]
+    assert {"tokens_per_s", "mfu"} <= results["train"]["original"].keys()
+    assert set(results["generate"]["batch"]["2"]) == {"float32", "bfloat16"}
+    corpus = results["corpus"]
+    assert corpus["original"]["peak_rss_mb"] > 0 and corpus["original"]["tokens"] > 0
+    if corpus["load_reddit"]["available"]:
+        assert corpus["load_reddit"]["mb_per_s"] > 0 and corpus["net_rss_per_mb_ratio"] > 0
+    for section in ("matmul peak", "train ScratchGPT", "generate 1 sample", "corpus"):
+        assert section in result.stdout  # the table
+
+
+def test_only_runs_the_sections_asked_for(tmp_path):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--tiny", "--only", "matmul,generate", "--json", str(out)]) == 0
+    assert json.loads(out.read_text()).keys() == {"machine", "config", "matmul", "generate"}
+
+
+def test_corpus_section_reports_a_missing_load_reddit(tmp_path, monkeypatch):
+    monkeypatch.delattr(bench.corpus, "load_reddit")
+    result = bench.bench_corpus(0.2, 0.1, tmp_path)
+    assert result["load_reddit"] == {"available": False, "reason": "corpus.load_reddit not found"}
+    assert result["original"]["tokens"] > 0
+    rows = bench.table_rows({"corpus": result})
+    assert ("corpus load_reddit", "unavailable", "corpus.load_reddit not found") in rows
+
+
+def test_synthetic_text_is_whole_lines_of_utf8(tmp_path):
+    path = tmp_path / "text.txt"
+    size_mb = bench.write_synthetic_text(path, 0.3)
+    data = path.read_bytes()
+    assert 0.2 < size_mb <= 0.3 and data.endswith(b"\n")
+    data.decode("utf-8")  # never cut inside a character
+
+
+def test_original_model_learns_like_gpt_py():
+    # The re-implementation of the original is a real model: its loss starts near ln(vocab) and
+    # generation continues the context one token at a time.
+    torch.manual_seed(0)
+    shape = dict(bench.TINY)
+    model = bench.original_model(shape)
+    data = torch.randint(bench.VOCAB_SIZE, (1000,))
+    x, y = bench.original_get_batch(data, shape["block_size"], shape["batch_size"])
+    _, loss = model(x, y)
+    assert abs(loss.item() - torch.log(torch.tensor(bench.VOCAB_SIZE)).item()) < 0.5
+    out = model.generate(x[:1, :5], max_new_tokens=40)  # past block_size: the window slides
+    assert out.shape == (1, 45) and torch.equal(out[:, :5], x[:1, :5])
