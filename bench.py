@@ -135,14 +135,7 @@ class OriginalGPT(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(bigram.GPTLanguageModel._init_weights)  # the same N(0, 0.02) as gpt.py
 
     def forward(self, idx, targets=None):
         B, T = idx.shape

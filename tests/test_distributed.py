@@ -1,5 +1,6 @@
 """torchrun and DDP on the CPU with gloo: the same update, one checkpoint, a clean failure."""
 
+import json
 import os
 import signal
 import socket
@@ -109,3 +110,14 @@ def test_a_killed_rank_ends_the_job_and_the_checkpoint_stays_loadable(tmp_path):
     job.communicate(timeout=120)
     assert job.returncode != 0
     assert load_checkpoint(tmp_path / "run.pt")["iter"] % 5 == 0
+
+
+def test_torchrun_resume_continues_the_saved_run(tmp_path):
+    first = torchrun(tmp_path, "--max-iters", "4", "--eval-interval", "2")
+    assert first.communicate(timeout=240) and first.returncode == 0
+    second = torchrun(tmp_path, "--max-iters", "8", "--eval-interval", "2", "--resume")
+    stdout, stderr = second.communicate(timeout=240)
+    assert second.returncode == 0, stderr
+    log = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in log] == [2, 4, 6, 8]  # continued from step 4, not from scratch
+    assert load_checkpoint(tmp_path / "run.pt")["config"]["max_iters"] == 8
