@@ -202,12 +202,13 @@ def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup
     torch.manual_seed(0)
     model = scratch_model(shape)
     optimizer = bigram.make_optimizer(model, config, device)
+    scaler = bigram.make_scaler(device, dtype)
 
     def step(i: int) -> None:
         seed = bigram.step_seed(config.seed, 0, i)
         torch.manual_seed(seed)
         batch = bigram.get_batch(data, config, torch.Generator().manual_seed(seed))
-        bigram.train_step(model, optimizer, [batch], config.grad_clip, device, dtype)
+        bigram.train_step(model, optimizer, scaler, [batch], config.grad_clip, device, dtype)
 
     name = str(dtype).removeprefix("torch.")
     flops = bigram.flops_per_token(model)

@@ -556,10 +556,12 @@ def make_optimizer(model: nn.Module, config: TrainConfig, device: torch.device):
     return torch.optim.AdamW(groups, lr=config.lr, betas=ADAM_BETAS, fused=device.type == "cuda")
 
 
-def train_step(model, optimizer, micro_batches, grad_clip: float, device, dtype) -> torch.Tensor:
+def train_step(model, optimizer, scaler, micro_batches, grad_clip: float, device, dtype):
     """One optimizer step over grad-accum micro-batches; returns the last micro-batch's loss.
 
     Under DDP, gradients are averaged across processes once, on the last micro-batch only.
+    The GradScaler matters for float16 only (elsewhere it passes everything through): it scales
+    the loss up so that small gradients do not round to zero, and skips steps that overflow.
     """
     for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
@@ -567,12 +569,18 @@ def train_step(model, optimizer, micro_batches, grad_clip: float, device, dtype)
         with sync:
             with autocast(device, dtype):
                 _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-            (loss / len(micro_batches)).backward()  # the step follows the mean over micro-batches
+            scaler.scale(loss / len(micro_batches)).backward()  # the step follows their mean
+    scaler.unscale_(optimizer)  # clip the true gradients
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss
+
+
+def make_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
 def flops_per_token(model: nn.Module) -> float:
@@ -702,6 +710,7 @@ def train(args: argparse.Namespace) -> str | None:
     )  # fmt: skip
     model = build_model(config.model, GPTConfig(**model_args)).to(device)
     optimizer = make_optimizer(model, config, device)
+    scaler = make_scaler(device, dtype)
     start_iter, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     log_path = Path(config.out).with_suffix(".jsonl")
     if checkpoint is not None:
@@ -776,7 +785,7 @@ def train(args: argparse.Namespace) -> str | None:
             torch.manual_seed(seed)  # dropout masks
             batches = torch.Generator().manual_seed(seed)
             micro = [get_batch(train_data, config, batches) for _ in range(config.grad_accum)]
-            loss = train_step(forward, optimizer, micro, config.grad_clip, device, dtype)
+            loss = train_step(forward, optimizer, scaler, micro, config.grad_clip, device, dtype)
             it += 1
             bar.update(1)
             if it % 10 == 0 and ddp.is_main:  # reading the loss waits for the GPU: not every step

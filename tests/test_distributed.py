@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from support import REPO, TINY_RUN, write_corpus
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigram import GPTConfig, GPTLanguageModel, load_checkpoint, train_step
+from bigram import GPTConfig, GPTLanguageModel, load_checkpoint, make_scaler, train_step
 
 CONFIG = GPTConfig(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
 
@@ -36,9 +36,9 @@ def one_ddp_step(rank: int, world_size: int, port: int, out: str) -> None:
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     model, optimizer = fresh_model_and_optimizer()
-    train_step(
-        DDP(model), optimizer, [fixed_batches(2)[rank]], 1.0, torch.device("cpu"), torch.float32
-    )
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    batch = fixed_batches(2)[rank]  # each rank its own half of the batch
+    train_step(DDP(model), optimizer, make_scaler(cpu, fp32), [batch], 1.0, cpu, fp32)
     if rank == 0:
         torch.save(model.state_dict(), out)
     dist.destroy_process_group()
@@ -58,9 +58,12 @@ def test_two_processes_take_the_same_step_as_one_with_the_whole_batch(tmp_path):
     (x0, y0), (x1, y1) = fixed_batches(2)
     cpu, fp32 = torch.device("cpu"), torch.float32
     whole, optimizer = fresh_model_and_optimizer()
-    train_step(whole, optimizer, [(torch.cat([x0, x1]), torch.cat([y0, y1]))], 1.0, cpu, fp32)
+    scaler = make_scaler(cpu, fp32)
+    train_step(
+        whole, optimizer, scaler, [(torch.cat([x0, x1]), torch.cat([y0, y1]))], 1.0, cpu, fp32
+    )
     accumulated, optimizer = fresh_model_and_optimizer()  # --grad-accum 2 in one process
-    train_step(accumulated, optimizer, [(x0, y0), (x1, y1)], 1.0, cpu, fp32)
+    train_step(accumulated, optimizer, scaler, [(x0, y0), (x1, y1)], 1.0, cpu, fp32)
     for name, weight in whole.state_dict().items():
         torch.testing.assert_close(ddp_weights[name], weight)
         torch.testing.assert_close(accumulated.state_dict()[name], weight)
@@ -121,3 +124,15 @@ def test_torchrun_resume_continues_the_saved_run(tmp_path):
     log = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [2, 4, 6, 8]  # continued from step 4, not from scratch
     assert load_checkpoint(tmp_path / "run.pt")["config"]["max_iters"] == 8
+
+
+def test_an_enabled_grad_scaler_takes_the_same_step():
+    """float16 training scales the loss; the update itself must not change (checked on the CPU)."""
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    models = []
+    for scaler in (make_scaler(cpu, fp32), torch.amp.GradScaler("cpu", init_scale=1024.0)):
+        model, optimizer = fresh_model_and_optimizer()
+        train_step(model, optimizer, scaler, fixed_batches(1), 1.0, cpu, fp32)
+        models.append(model.state_dict())
+    for name, weight in models[0].items():
+        torch.testing.assert_close(models[1][name], weight)
