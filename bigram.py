@@ -85,9 +85,15 @@ class KVCache:
 
     def __init__(self, config: GPTConfig, batch_size: int, device, dtype: torch.dtype):
         head_dim = config.n_embd // config.n_head
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, head_dim)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, config.n_head, config.block_size, head_dim)
+        # One (keys, values) pair of buffers per layer, filled position by position.
+        self.layers = [
+            (
+                torch.zeros(shape, device=device, dtype=dtype),
+                torch.zeros(shape, device=device, dtype=dtype),
+            )
+            for _ in range(config.n_layer)
+        ]
         self.length = 0  # positions filled so far
         self.capacity = config.block_size
 
@@ -105,8 +111,10 @@ class Dropout(nn.Module):
         self.p = p
 
     def forward(self, x):
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return F.dropout(x, self.p, self.training)  # GPUs have a fast fused kernel
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p)  # GPUs have a fast fused kernel
         words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # 63 random bits
         lanes = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF
         keep = lanes >= round(self.p * 32768)
@@ -139,7 +147,7 @@ class CausalSelfAttention(nn.Module):
         # falls back to the math path (the whole T x T matrix and a random mask as big), which
         # halves training speed on a CPU. The residual and embedding dropouts still regularise.
         y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.proj(y))
 
 
@@ -204,7 +212,7 @@ class GPTLanguageModel(nn.Module):
         pos = self.position_embedding.weight[start : start + T]  # a slice: no index tensor to build
         x = self.dropout(self.token_embedding(idx) + pos)
         for i, block in enumerate(self.blocks):
-            cache = (kv_cache.keys[i], kv_cache.values[i]) if kv_cache is not None else None
+            cache = kv_cache.layers[i] if kv_cache is not None else None
             x = block(x, cache, start)
         if kv_cache is not None:
             kv_cache.length += T
