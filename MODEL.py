@@ -8,6 +8,7 @@ The model, the sampler and the checkpoint loader come from bigram.py: one defini
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -58,14 +59,19 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--top-p must be in (0, 1]")
     if args.prompt is not None and args.prompt_file is not None:
         raise UserError("give --prompt or --prompt-file, not both")
+    if args.output is not None and not args.output.parent.is_dir():
+        raise UserError(f"--output: folder {args.output.parent} does not exist")
 
 
 def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
     if args.prompt_file is not None:
         try:
-            return args.prompt_file.read_text(encoding="utf-8")
+            prompt = args.prompt_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read prompt file {args.prompt_file}: {e}") from None
+        if not prompt:
+            raise UserError(f"prompt file {args.prompt_file} is empty")
+        return prompt
     if args.prompt:
         return args.prompt
     return "\n" if "\n" in vocab else vocab[0]
@@ -87,7 +93,7 @@ def generate(args: argparse.Namespace) -> None:
     try:
         prompt_ids = torch.from_numpy(encode(prompt, vocab).astype("int64"))
     except UserError as e:
-        raise UserError(f"prompt: {e} of {path}") from None
+        raise UserError(f"prompt: {e}") from None
     prompt_ids = prompt_ids.to(device).repeat(args.num_samples, 1)
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
@@ -118,7 +124,10 @@ def generate(args: argparse.Namespace) -> None:
     else:
         print(text)
     if args.output is not None:
-        args.output.write_text(text + "\n", encoding="utf-8")
+        try:
+            args.output.write_text(text + "\n", encoding="utf-8")
+        except OSError as e:
+            raise UserError(f"cannot write {args.output}: {e.strerror}") from None
 
 
 def format_samples(samples: list[str]) -> str:
@@ -135,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     return 0
 
 

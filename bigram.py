@@ -301,7 +301,7 @@ def generate_tokens(
         if not use_kv_cache:
             logits, _ = model(context[:, -block_size:])
         elif cache is None or cache.length == cache.capacity:
-            keep = block_size if cache is None else block_size // 2
+            keep = block_size if cache is None else max(1, block_size // 2)
             cache = KVCache(model.config, context.shape[0], context.device, _param_dtype(model))
             logits, _ = model(context[:, -keep:], kv_cache=cache)
         else:
@@ -484,6 +484,8 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     given = {k: v for k, v in given.items() if v is not None}
     if saved is not None:
+        if "preset" in given:
+            raise UserError("--resume continues the saved settings; drop --preset")
         changed = [k for k in MODEL_SHAPE if k in given and given[k] != saved[k]]
         if changed:
             raise UserError(f"--resume keeps the saved model's shape; drop --{changed[0]}")
@@ -502,6 +504,9 @@ def validate(config: TrainConfig) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if config.lr <= 0 or config.min_lr < 0 or config.min_lr > config.lr:
         raise UserError("learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0")
+    for name in ["warmup_iters", "weight_decay", "grad_clip", "max_minutes"]:
+        if getattr(config, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative")
 
 
 def load_corpus(config: TrainConfig) -> corpus.Corpus:
@@ -609,8 +614,14 @@ def append_log(path: Path, record: dict) -> None:
 def trim_log(path: Path, last_iter: int) -> None:
     """On resume, drop log lines past the checkpoint: those iterations are about to be redone."""
     if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if json.loads(ln)["iter"] <= last_iter]
-        path.write_text("".join(ln + "\n" for ln in lines))
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["iter"] <= last_iter:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by a kill: drop it
+        path.write_text("".join(kept))
 
 
 @contextmanager
@@ -684,8 +695,13 @@ def prepare_run(args: argparse.Namespace, device: torch.device):
     out = Path(args.out or CHECKPOINT_DIR / f"{args.dataset or 'shakespeare'}.pt")
     if args.resume and not out.exists():
         raise UserError(f"--resume: there is no checkpoint at {out} to continue")
+    if not args.resume and out.exists():  # a new run must never replace a trained model
+        raise UserError(f"{out} exists: continue it with --resume, or train into another --out")
     checkpoint = load_checkpoint(out) if args.resume else None
+    if checkpoint is not None and not {"config", "optimizer", "elapsed_s"} <= checkpoint.keys():
+        raise UserError(f"--resume: {out} holds a model but not the training state to continue")
     config = make_config(args, device, checkpoint["config"] if checkpoint else None)
+    config.out = str(out)  # where the checkpoint is now, even if it was moved since
     validate(config)
     data = load_corpus(config)
     if checkpoint is not None and checkpoint["vocab"] != data.vocab:
@@ -704,7 +720,11 @@ def train(args: argparse.Namespace) -> str | None:
     from tqdm import tqdm
 
     ddp, device = setup_distributed(resolve_device(args.device or "auto"), args.backend or "")
+    if not ddp.is_main:
+        dist.barrier()  # rank 0 first: it downloads the corpus or builds the token cache once
     config, data, checkpoint = prepare_run(args, device)
+    if ddp.is_main and ddp.world_size > 1:
+        dist.barrier()
     dtype = resolve_dtype(config.dtype, device)
     say = print if ddp.is_main else lambda *a, **k: None
     if not args.resume and not args.preset:
@@ -782,7 +802,7 @@ def train(args: argparse.Namespace) -> str | None:
             )
             if halt:
                 why = "interrupted" if stop.is_set() else f"{config.max_minutes:g} minutes spent"
-                bar.write(f"stopping at iter {it} ({why}): evaluating and saving")
+                bar.write(f"stopping at iter {it} ({why}): evaluating, saving if best")
                 break
             # Progress is the share of whichever budget (iterations or minutes) runs out first.
             progress = max(it / config.max_iters, elapsed / budget_s if budget_s else 0.0)

@@ -55,7 +55,10 @@ def build_vocab(text: str) -> list[str]:
 
 def encode(text: str, vocab: list[str]) -> np.ndarray:
     """Map each character to its id, vectorised: one code point array and a binary search."""
-    codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    try:
+        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    except UnicodeEncodeError:  # undecodable bytes from the command line or a file name
+        raise UserError("the text is not valid Unicode (undecodable bytes)") from None
     vocab_codepoints = np.array([ord(c) for c in vocab], dtype=np.uint32)  # sorted, like vocab
     ids = np.searchsorted(vocab_codepoints, codepoints)
     ids = np.minimum(ids, len(vocab) - 1)

@@ -79,3 +79,17 @@ def test_float16_on_the_cpu(tmp_path):
     write_corpus(tmp_path / "c.txt")
     result = train(tmp_path, "--data", "c.txt", "--device", "cpu", "--dtype", "float16")
     assert_clean_error(result, "float16 needs a GPU")
+
+
+def test_a_new_run_never_replaces_a_trained_model(tmp_path):
+    write_corpus(tmp_path / "c.txt")
+    assert train(tmp_path, "--data", "c.txt").returncode == 0
+    saved = (tmp_path / "run.pt").read_bytes()
+    assert_clean_error(train(tmp_path, "--data", "c.txt"), "exists", "--resume")
+    assert (tmp_path / "run.pt").read_bytes() == saved
+
+
+def test_negative_settings_are_rejected(tmp_path):
+    write_corpus(tmp_path / "c.txt")
+    result = train(tmp_path, "--data", "c.txt", "--weight-decay", "-1")
+    assert_clean_error(result, "--weight-decay must not be negative")

@@ -71,3 +71,15 @@ def test_missing_checkpoint_says_how_to_train_one(tmp_path):
 )
 def test_bad_sampling_settings_are_rejected(checkpoint, flags, message):
     assert_clean_error(run_script("MODEL.py", "--checkpoint", str(checkpoint), *flags), message)
+
+
+def test_empty_prompt_file_and_missing_output_folder(checkpoint, tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    result = run_script(
+        "MODEL.py", "--checkpoint", str(checkpoint), "--prompt-file", str(tmp_path / "empty.txt")
+    )
+    assert_clean_error(result, "is empty")
+    result = run_script(
+        "MODEL.py", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "no/x.txt")
+    )
+    assert_clean_error(result, "does not exist")

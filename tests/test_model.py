@@ -120,3 +120,10 @@ def test_fast_dropout_drops_the_right_share_and_keeps_the_mean():
     assert abs(y.mean().item() - 1.0) < 0.01  # survivors are scaled by 1 / (1 - p)
     assert not torch.equal(dropout(x), y)  # a fresh mask each call
     assert torch.equal(dropout.eval()(x), x)
+
+
+def test_cached_generation_works_with_a_one_character_context():
+    torch.manual_seed(0)
+    model = GPTLanguageModel(GPTConfig(**{**vars(CONFIG), "block_size": 1})).eval()
+    steps = list(generate_tokens(model, torch.zeros((1, 1), dtype=torch.long), 5, temperature=0))
+    assert len(steps) == 5

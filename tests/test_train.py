@@ -112,3 +112,10 @@ def test_short_run_on_tiny_shakespeare_learns(tmp_path):
     ).split()
     assert bigram.main(["--data", str(SHAKESPEARE), "--out", str(out), *flags]) == 0
     assert load_checkpoint(out)["best_val_loss"] < 2.3
+
+
+def test_resume_drops_log_lines_past_the_checkpoint_and_cut_lines(tmp_path):
+    log = tmp_path / "run.jsonl"
+    log.write_text('{"iter": 5}\n{"iter": 10}\n{"iter": 15}\n{"iter": 2')  # killed mid-write
+    bigram.trim_log(log, 10)
+    assert log.read_text() == '{"iter": 5}\n{"iter": 10}\n'
