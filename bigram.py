@@ -350,6 +350,8 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     if name == "float16" and device.type == "cpu":
         raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on the CPU")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtype bfloat16: this GPU has no bf16; use float16 or float32")
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -468,12 +470,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("max_vocab", int, "reddit: keep this many characters, the rarest become one symbol"),
     ]:
         p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name, help=text)
-    p.add_argument("--no-clean", action="store_false", dest="clean", default=None,
-                   help="Reddit: keep the text exactly as archived")  # fmt: skip
+    p.add_argument("--clean", action=argparse.BooleanOptionalAction,
+                   help="reddit: --no-clean keeps the text exactly as archived")  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision; auto: bfloat16 where the hardware has it")  # fmt: skip
-    p.add_argument("--compile", action="store_true", default=None, help="use torch.compile")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="use torch.compile")
     p.add_argument("--backend", choices=["nccl", "gloo"], help="torchrun: distributed backend")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     return p.parse_args(argv)
