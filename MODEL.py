@@ -82,9 +82,9 @@ def generate(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     path = args.checkpoint or CHECKPOINT_DIR / f"{args.dataset}.pt"
     if not path.exists():
-        train = f"python bigram.py --dataset {args.dataset}" + (
-            f" --out {path}" * bool(args.checkpoint)
-        )
+        train = f"python bigram.py --dataset {args.dataset}"
+        if args.checkpoint:
+            train += f" --out {path}"
         raise UserError(f"checkpoint {path} not found; train one first with: {train}")
     checkpoint = load_checkpoint(path, device)
     model = model_from_checkpoint(checkpoint, device).eval()
