@@ -8,17 +8,20 @@ The model, the sampler and the checkpoint loader come from bigram.py: one defini
 """
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 
+import files
 from bigram import (
     CHECKPOINT_DIR,
     DATASET_FILES,
     UserError,
     autocast,
+    check_seed,
     cpu_has_native_bf16,
     generate_tokens,
     load_checkpoint,
@@ -43,7 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--no-stream", action="store_true", help="print the text only when done")
-    p.add_argument("--output", type=Path, help="also write the text to this file")
+    p.add_argument("--output", type=Path, help="also write the text to this (new) file")
+    p.add_argument("--overwrite", action="store_true", help="let --output replace a file")
     p.add_argument("--no-kv-cache", action="store_true", help="slow reference path")
     return p.parse_args(argv)
 
@@ -51,16 +55,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def check_args(args: argparse.Namespace) -> None:
     if args.num_tokens < 0 or args.num_samples < 1:
         raise UserError("--num-tokens must be >= 0 and --num-samples >= 1")
-    if args.temperature < 0:
-        raise UserError("--temperature must be >= 0")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise UserError("--top-k must be at least 1")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         raise UserError("--top-p must be in (0, 1]")
     if args.prompt is not None and args.prompt_file is not None:
         raise UserError("give --prompt or --prompt-file, not both")
-    if args.output is not None and not args.output.parent.is_dir():
-        raise UserError(f"--output: folder {args.output.parent} does not exist")
+    check_seed(args.seed)
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    return args.checkpoint or CHECKPOINT_DIR / f"{args.dataset}.pt"
+
+
+def check_output(args: argparse.Namespace) -> None:
+    """--output is written last: make sure now that it can be, and that it destroys nothing."""
+    output = args.output
+    if not output.parent.is_dir():
+        raise UserError(f"--output: folder {output.parent} does not exist")
+    inputs = {"the checkpoint": checkpoint_path(args)}
+    if args.prompt_file is not None:
+        inputs["the prompt file"] = args.prompt_file
+    files.check_output(output, "--output", inputs)
+    if output.exists() and not args.overwrite:
+        raise UserError(f"--output {output} exists: pass --overwrite to replace it")
 
 
 def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
@@ -79,15 +99,17 @@ def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
 
 def generate(args: argparse.Namespace) -> None:
     check_args(args)
+    if args.output is not None:
+        check_output(args)
     device = resolve_device(args.device)
-    path = args.checkpoint or CHECKPOINT_DIR / f"{args.dataset}.pt"
-    if not path.exists():
+    path = checkpoint_path(args)
+    if files.unreadable_reason(path) == "not found":
         train = f"python bigram.py --dataset {args.dataset}"
         if args.checkpoint:
             train += f" --out {path}"
         raise UserError(f"checkpoint {path} not found; train one first with: {train}")
     checkpoint = load_checkpoint(path, device)
-    model = model_from_checkpoint(checkpoint, device).eval()
+    model = model_from_checkpoint(checkpoint, device, path).eval()
     vocab = checkpoint["vocab"]
     prompt = read_prompt(args, vocab)
     try:
@@ -125,7 +147,8 @@ def generate(args: argparse.Namespace) -> None:
         print(text)
     if args.output is not None:
         try:
-            args.output.write_text(text + "\n", encoding="utf-8")
+            with files.atomic_file(args.output) as f:  # a full disk leaves the old file whole
+                f.write((text + "\n").encode("utf-8"))
         except OSError as e:
             raise UserError(f"cannot write {args.output}: {e.strerror}") from None
 
@@ -151,4 +174,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    files.setup_console(forgive_lost_stdout=False)  # `| head` ends generation
     sys.exit(main())

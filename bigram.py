@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -29,7 +29,9 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import corpus
-from corpus import UserError, split_corpus
+import files
+from corpus import split_corpus
+from files import UserError
 
 # -----------------------------------------------------------------------------
 # Hyperparameters. `gpu` is the reference run; `cpu` was chosen by measurement for the best
@@ -47,8 +49,9 @@ PRESETS = {
     ),
 }  # fmt: skip
 ADAM_BETAS = (0.9, 0.99)  # beta2 0.99 rather than 0.999: small batches, few iterations
-DATA_DIR = Path("data")
-CHECKPOINT_DIR = Path("checkpoints")
+# The repository's own folders, wherever the script is run from.
+DATA_DIR = Path(__file__).resolve().parent / "data"
+CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 CACHE_DIR = DATA_DIR / "cache"  # token files built from archives
 DATASET_FILES = {"shakespeare": DATA_DIR / "input.txt", "reddit": DATA_DIR / "reddit.rar"}
 
@@ -366,10 +369,14 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    """Atomic: a crash or kill while saving leaves the previous checkpoint in place, loadable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with corpus.atomic_file(path) as f:
-        torch.save(checkpoint, f)
+    """Atomic: a crash, a kill or a full disk while saving leaves the previous checkpoint."""
+    try:
+        with files.atomic_file(path) as f:
+            torch.save(checkpoint, f)
+    except OSError as e:
+        raise UserError(
+            f"cannot save checkpoint {path}: {e.strerror or e}; the previous one there is intact"
+        ) from None
 
 
 CHECKPOINT_KEYS = ("model_args", "vocab", "model", "iter", "best_val_loss")
@@ -377,28 +384,125 @@ CHECKPOINT_KEYS = ("model_args", "vocab", "model", "iter", "best_val_loss")
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
     """Load a checkpoint safely: weights_only=True refuses pickled code instead of running it."""
-    if not path.exists():
+    reason = files.unreadable_reason(path)
+    if reason == "not found":
         raise UserError(f"checkpoint {path} not found; train one first with: python bigram.py")
+    if reason is not None:
+        raise UserError(f"checkpoint {path} {reason}")
     try:
         with warnings.catch_warnings():  # odd files make torch warn, then fail: we explain below
             warnings.simplefilter("ignore")
             checkpoint = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises many kinds of error for a damaged file
-        if "Unsupported global" in str(e):  # a class or function to import and call: code
-            raise UserError(f"refusing to load {path}: it contains pickled code") from None
-        reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        code = files.pickled_imports(path)
+        if code:
+            raise UserError(
+                f"refusing to load {path}: it contains pickled code (it would call "
+                f"{', '.join(sorted(set(code)))}); a checkpoint holds only weights and settings"
+            ) from None
+        reason = "not a file torch wrote" if "Weights only" in str(e) else first_line(e)
         raise UserError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in CHECKPOINT_KEYS):
         raise UserError(f"{path} is not a ScratchGPT checkpoint (missing model, vocab or settings)")
     return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict, device: torch.device | str = "cpu") -> nn.Module:
-    args = dict(checkpoint["model_args"])
-    model_type = args.pop("model_type")
-    model = build_model(model_type, GPTConfig(**args))
-    model.load_state_dict(checkpoint["model"])
+def has_type(value, expected: type) -> bool:
+    if isinstance(value, bool):  # bool is an int to Python, but not to a setting
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def check_fields(values: dict, cls, what: str) -> None:
+    """values could build cls (a dataclass): known names only, each of its field's type."""
+    types = {f.name: f.type for f in fields(cls)}
+    for name, value in values.items():
+        if name not in types:
+            raise UserError(f"{what}: unknown setting {name!r}")
+        if not has_type(value, types[name]):
+            raise UserError(f"{what}: {name} should be {types[name].__name__}, got {value!r}")
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def config_from_checkpoint(checkpoint: dict, path: Path) -> tuple[str, GPTConfig]:
+    """The model type and shape a checkpoint declares, checked before anything is built."""
+    args = checkpoint["model_args"]
+    if not isinstance(args, dict):
+        raise UserError(f"{path}: its model settings are not a dictionary")
+    args = dict(args)
+    model_type = args.pop("model_type", None)
+    if model_type not in MODEL_TYPES:
+        known = ", ".join(MODEL_TYPES)
+        raise UserError(f"{path}: unknown model type {model_type!r} (known: {known})")
+    check_fields(args, GPTConfig, f"{path}'s model settings")
+    if "vocab_size" not in args:
+        raise UserError(f"{path}'s model settings: vocab_size is missing")
+    config = GPTConfig(**args)
+    vocab = checkpoint["vocab"]
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
+        raise UserError(f"{path}: its vocabulary is not a list of characters")
+    if len(vocab) != config.vocab_size or len(set(vocab)) != len(vocab):
+        raise UserError(
+            f"{path}: its vocabulary has {len(vocab)} characters ({len(set(vocab))} distinct) "
+            f"but the model expects {config.vocab_size}"
+        )
+    return model_type, config
+
+
+def model_from_checkpoint(
+    checkpoint: dict, device: torch.device | str = "cpu", path: Path | str = "the checkpoint"
+) -> nn.Module:
+    """The model a checkpoint holds, its settings and weights checked against each other."""
+    model_type, config = config_from_checkpoint(checkpoint, path)
+    check_memory(config, batch_size=1, training=False, device=torch.device(device))
+    model = build_model(model_type, config)
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, TypeError, AttributeError, ValueError) as e:
+        raise UserError(f"{path}: its weights do not fit its settings ({first_line(e)})") from None
     return model.to(device)
+
+
+# -----------------------------------------------------------------------------
+# Memory: refuse a shape that cannot fit before trying to allocate it
+
+
+def memory_needed(config: GPTConfig, batch_size: int, training: bool) -> int:
+    """Rough bytes to run (or train) a model of this shape: weights, and for training their
+    gradients and two AdamW moments plus the activations kept for the backward pass."""
+    C, T, L, V = config.n_embd, config.block_size, config.n_layer, config.vocab_size
+    parameters = 12 * L * C * C + C * (2 * V + T)
+    if not training:
+        return 4 * parameters + 2 * 4 * L * batch_size * T * C  # float32 weights, KV cache
+    activations = batch_size * T * (20 * 4 * L * C + 3 * 4 * V)  # ~20 floats per channel-layer
+    return 16 * parameters + activations
+
+
+def memory_available(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on every system
+        return None
+
+
+def check_memory(config: GPTConfig, batch_size: int, training: bool, device: torch.device) -> None:
+    """Refuse, with the figures, a shape that would not fit: allocating it would fail or hang."""
+    needed = memory_needed(config, batch_size, training)
+    available = memory_available(device)
+    if available is not None and needed > available:
+        raise UserError(
+            f"a model with n_layer {config.n_layer}, n_embd {config.n_embd}, block_size "
+            f"{config.block_size} needs about {needed / 2**30:,.1f} GiB, more than the "
+            f"{available / 2**30:,.1f} GiB of this {device.type}: choose a smaller shape"
+        )
 
 
 # -----------------------------------------------------------------------------
@@ -488,9 +592,9 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
     if saved is not None:
         if "preset" in given:
             raise UserError("--resume continues the saved settings; drop --preset")
-        changed = [k for k in MODEL_SHAPE if k in given and given[k] != saved[k]]
+        changed = [k for k in MODEL_SHAPE if k in given and given[k] != saved.get(k)]
         if changed:
-            raise UserError(f"--resume keeps the saved model's shape; drop --{changed[0]}")
+            raise UserError(f"--resume keeps the saved model's shape; drop {flag(changed[0])}")
         return TrainConfig(**{**saved, **given})
     preset = given.get("preset") or ("gpu" if device.type == "cuda" else "cpu")
     config = TrainConfig(**{**PRESETS[preset], **given, "preset": preset})
@@ -499,23 +603,43 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
     return config
 
 
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch's generators both take 0 .. 2**63 - 1
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+
+
 def validate(config: TrainConfig) -> None:
     positive = ["batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"]
     for name in positive:
         if getattr(config, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if config.lr <= 0 or config.min_lr < 0 or config.min_lr > config.lr:
+            raise UserError(f"{flag(name)} must be at least 1")
+    for name in ["lr", "min_lr", "warmup_iters", "weight_decay", "grad_clip", "max_minutes"]:
+        value = getattr(config, name)
+        if not math.isfinite(value):  # NaN passes every comparison below: refuse it first
+            raise UserError(f"{flag(name)} must be a finite number, got {value}")
+        if value < 0:
+            raise UserError(f"{flag(name)} must not be negative")
+    if config.lr <= 0 or config.min_lr > config.lr:
         raise UserError("learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0")
-    for name in ["warmup_iters", "weight_decay", "grad_clip", "max_minutes"]:
-        if getattr(config, name) < 0:
-            raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    check_seed(config.seed)
+
+
+def is_reddit(config: TrainConfig) -> bool:
+    return config.dataset == "reddit" or corpus.is_rar(Path(config.data))
 
 
 def load_corpus(config: TrainConfig) -> corpus.Corpus:
     path = Path(config.data)
-    if config.dataset == "reddit" or path.suffix == ".rar":
+    if is_reddit(config):
         return corpus.load_reddit(path, CACHE_DIR, clean=config.clean, max_vocab=config.max_vocab)
-    if not path.exists() and path == DATASET_FILES["shakespeare"]:
+    if files.unreadable_reason(path) == "not found" and path == DATASET_FILES["shakespeare"]:
         corpus.download_shakespeare(path)
     return corpus.load_text_corpus(path)
 
@@ -609,8 +733,11 @@ def flops_per_token(model: nn.Module) -> float:
 
 
 def append_log(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise UserError(f"cannot write the training log {path}: {e.strerror}") from None
 
 
 def trim_log(path: Path, last_iter: int) -> None:
@@ -667,9 +794,17 @@ def setup_distributed(device: torch.device, backend: str) -> tuple[Distributed, 
     """Join the process group when launched by torchrun (it sets RANK); else a single process."""
     if "RANK" not in os.environ:
         return Distributed(), device
-    ddp = Distributed(
-        int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"])
-    )
+    needed = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+    missing = [name for name in needed if name not in os.environ]
+    if missing:
+        raise UserError(
+            f"RANK is set but {', '.join(missing)} not: start distributed runs with torchrun "
+            "(see the README), or unset RANK"
+        )
+    try:
+        ddp = Distributed(*(int(os.environ[name]) for name in needed[:3]))
+    except ValueError:
+        raise UserError("RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers") from None
     if device.type == "mps":
         raise UserError("distributed training runs on CUDA or CPU, not MPS")
     if device.type == "cuda":
@@ -679,32 +814,90 @@ def setup_distributed(device: torch.device, backend: str) -> tuple[Distributed, 
     return ddp, device
 
 
-def agree_to_stop(stop: bool, elapsed: float, ddp: Distributed, device) -> tuple[bool, float]:
-    """All ranks must stop at the same step and share one clock (it sets the learning rate)."""
+def agree_to_stop(
+    stop: bool, diverged: bool, elapsed: float, ddp: Distributed, device
+) -> tuple[bool, bool, float]:
+    """All ranks must stop at the same step, for the same reason, and share one clock (it sets
+    the learning rate)."""
     if ddp.world_size == 1:
-        return stop, elapsed
-    flags = torch.tensor([float(stop), elapsed], dtype=torch.float64, device=device)
+        return stop, diverged, elapsed
+    flags = torch.tensor([stop, diverged, elapsed], dtype=torch.float64, device=device)
     dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return bool(flags[0]), flags[1].item()
+    return bool(flags[0]), bool(flags[1]), flags[2].item()
 
 
 # -----------------------------------------------------------------------------
 # The training run
 
 
-def prepare_run(args: argparse.Namespace, device: torch.device):
-    """Settings, corpus and (with --resume) the checkpoint to continue, all checked up front."""
-    out = Path(args.out or CHECKPOINT_DIR / f"{args.dataset or 'shakespeare'}.pt")
-    if args.resume and not out.exists():
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    return Path(args.out or CHECKPOINT_DIR / f"{args.dataset or 'shakespeare'}.pt")
+
+
+def log_path(checkpoint: Path) -> Path:
+    """The training log: the checkpoint's whole name plus .jsonl (run.pt -> run.pt.jsonl), so it
+    is never a file the user named, nor the log of another checkpoint."""
+    return checkpoint.with_name(checkpoint.name + ".jsonl")
+
+
+def load_resumable(out: Path) -> dict:
+    """The checkpoint --resume continues, with its training state checked before it is used."""
+    if files.unreadable_reason(out) == "not found":
         raise UserError(f"--resume: there is no checkpoint at {out} to continue")
-    if not args.resume and out.exists():  # a new run must never replace a trained model
-        raise UserError(f"{out} exists: continue it with --resume, or train into another --out")
-    checkpoint = load_checkpoint(out) if args.resume else None
-    if checkpoint is not None and not {"config", "optimizer", "elapsed_s"} <= checkpoint.keys():
+    checkpoint = load_checkpoint(out)
+    if not {"config", "optimizer", "elapsed_s"} <= checkpoint.keys():
         raise UserError(f"--resume: {out} holds a model but not the training state to continue")
+    if not isinstance(checkpoint["config"], dict) or not isinstance(checkpoint["optimizer"], dict):
+        raise UserError(f"--resume: {out}'s training state is damaged")
+    check_fields(checkpoint["config"], TrainConfig, f"--resume: {out}'s training settings")
+    config_from_checkpoint(checkpoint, out)
+    numbers = {"iter": int, "best_val_loss": float, "elapsed_s": float}
+    for name, kind in numbers.items():
+        value = checkpoint[name]
+        if not has_type(value, kind):
+            raise UserError(f"--resume: {out}'s {name} should be {kind.__name__}, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--resume: {out}'s {name} is {value}, which cannot be continued")
+    return checkpoint
+
+
+def check_paths(config: TrainConfig, resume: bool) -> None:
+    """Nothing the run writes is one of its inputs, and a new run replaces nothing."""
+    out, data = Path(config.out), Path(config.data)
+    inputs = {"the corpus (--data)": data}
+    files.check_output(out, "checkpoint", inputs)
+    files.check_output(log_path(out), "training log", inputs | {"the checkpoint": out})
+    if resume:
+        return
+    if out.exists() or out.is_symlink():  # a new run must never replace a trained model
+        raise UserError(f"{out} exists: continue it with --resume, or train into another --out")
+    if log_path(out).exists():
+        raise UserError(
+            f"{log_path(out)} exists (the log of an earlier run): remove it, or use another --out"
+        )
+
+
+def warn_ignored_flags(args: argparse.Namespace, config: TrainConfig) -> None:
+    ignored = []
+    if not is_reddit(config):
+        ignored += [f"{flag(n)} applies to Reddit archives only" for n in ("max_vocab", "clean")
+                    if getattr(args, n) is not None]  # fmt: skip
+    if args.backend and "RANK" not in os.environ:
+        ignored.append("--backend applies to distributed runs (torchrun) only")
+    for note in ignored:
+        print(f"warning: {note}; ignored", file=sys.stderr)
+
+
+def prepare_run(args: argparse.Namespace, device: torch.device, ddp: Distributed):
+    """Settings, corpus and (with --resume) the checkpoint to continue, all checked up front."""
+    out = checkpoint_path(args)
+    checkpoint = load_resumable(out) if args.resume else None
     config = make_config(args, device, checkpoint["config"] if checkpoint else None)
     config.out = str(out)  # where the checkpoint is now, even if it was moved since
     validate(config)
+    if ddp.is_main:
+        check_paths(config, args.resume)
+        warn_ignored_flags(args, config)
     data = load_corpus(config)
     if checkpoint is not None and checkpoint["vocab"] != data.vocab:
         raise UserError(f"--resume: {config.data} has a different vocabulary than {out}")
@@ -719,12 +912,22 @@ def prepare_run(args: argparse.Namespace, device: torch.device):
 
 def train(args: argparse.Namespace) -> str | None:
     """Train as the flags say; returns the summary line (None on ranks other than 0)."""
-    from tqdm import tqdm
-
     ddp, device = setup_distributed(resolve_device(args.device or "auto"), args.backend or "")
     if not ddp.is_main:
+        return run(args, ddp, device)
+    out = checkpoint_path(args)
+    files.check_output(out, "checkpoint", {})  # its folder must exist for the lock file
+    with files.exclusive_lock(out, "checkpoint"):  # one run per checkpoint at a time
+        files.remove_stale_temps(out)  # a killed save's leftovers: nobody else writes them now
+        return run(args, ddp, device)
+
+
+def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str | None:
+    from tqdm import tqdm
+
+    if not ddp.is_main:
         dist.barrier()  # rank 0 first: it downloads the corpus or builds the token cache once
-    config, data, checkpoint = prepare_run(args, device)
+    config, data, checkpoint = prepare_run(args, device, ddp)
     if ddp.is_main and ddp.world_size > 1:
         dist.barrier()
     dtype = resolve_dtype(config.dtype, device)
@@ -738,22 +941,23 @@ def train(args: argparse.Namespace) -> str | None:
         vocab_size=len(data.vocab), block_size=config.block_size, n_layer=config.n_layer,
         n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
     )  # fmt: skip
-    model = build_model(config.model, GPTConfig(**model_args)).to(device)
+    model_config = GPTConfig(**model_args)
+    check_memory(model_config, config.batch_size, training=True, device=device)
+    model = build_model(config.model, model_config).to(device)
     optimizer = make_optimizer(model, config, device)
     scaler = make_scaler(device, dtype)
     start_iter, best_val_loss, elapsed_before = 0, float("inf"), 0.0
-    log_path = Path(config.out).with_suffix(".jsonl")
+    log = log_path(Path(config.out))
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as e:
+            raise UserError(f"--resume: damaged state in {config.out} ({first_line(e)})") from None
         start_iter, best_val_loss = checkpoint["iter"], checkpoint["best_val_loss"]
         elapsed_before = checkpoint["elapsed_s"]
-    if ddp.is_main:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        if checkpoint is not None:
-            trim_log(log_path, start_iter)
-        else:
-            log_path.write_text("")
+    if ddp.is_main and checkpoint is not None:
+        trim_log(log, start_iter)
     forward = torch.compile(model) if config.compile else model
     if ddp.world_size > 1:
         forward = DDP(forward, device_ids=[device.index] if device.type == "cuda" else None)
@@ -769,14 +973,14 @@ def train(args: argparse.Namespace) -> str | None:
     splits = {"train": train_data, "val": val_data}
     best_iter = start_iter
 
-    def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> None:
+    def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> float:
         nonlocal best_val_loss, best_iter
         losses = estimate_loss(model, splits, config, device, dtype)
         record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
         record |= {"lr": optimizer.param_groups[0]["lr"], "tokens_per_sec": tokens_per_sec}
-        append_log(log_path, record | {"elapsed_s": elapsed})
+        append_log(log, record | {"elapsed_s": elapsed})
         bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-        if losses["val"] < best_val_loss:
+        if losses["val"] < best_val_loss:  # never true for NaN: a diverged model is not saved
             best_val_loss, best_iter = losses["val"], it
             checkpoint = {
                 "model_args": model_args | {"model_type": config.model},
@@ -790,18 +994,23 @@ def train(args: argparse.Namespace) -> str | None:
                 "elapsed_s": elapsed,
             }
             save_checkpoint(checkpoint, Path(config.out))
+        return losses["val"]
 
     bar = tqdm(total=config.max_iters, initial=start_iter, unit="it", disable=not ddp.is_main)
     t_start = time.perf_counter() - elapsed_before
     budget_s = config.max_minutes * 60
     it, last_eval, tokens_per_sec = start_iter, start_iter, 0.0
     t_window, it_window = time.perf_counter(), start_iter
-    with stop_requests() as stop:
+    why, bad_loss = f"{config.max_iters} iterations done", None
+    with stop_requests() as stop, closing(bar):  # closed, also by an error: it ends its line
         while it < config.max_iters:
             out_of_time = budget_s > 0 and time.perf_counter() - t_start >= budget_s
-            halt, elapsed = agree_to_stop(
-                stop.is_set() or out_of_time, time.perf_counter() - t_start, ddp, device
-            )
+            halt, diverged, elapsed = agree_to_stop(
+                stop.is_set() or out_of_time, bad_loss is not None,
+                time.perf_counter() - t_start, ddp, device,
+            )  # fmt: skip
+            if diverged:
+                break
             if halt:
                 why = "interrupted" if stop.is_set() else f"{config.max_minutes:g} minutes spent"
                 bar.write(f"stopping at iter {it} ({why}): evaluating, saving if best")
@@ -818,24 +1027,39 @@ def train(args: argparse.Namespace) -> str | None:
             loss = train_step(forward, optimizer, scaler, micro, config.grad_clip, device, dtype)
             it += 1
             bar.update(1)
-            if it % 10 == 0 and ddp.is_main:  # reading the loss waits for the GPU: not every step
+            if it % 10 == 0:  # reading the loss waits for the GPU: not every step
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    bad_loss = loss_value
                 now = time.perf_counter()
                 tokens_per_sec = (it - it_window) * tokens_per_step / (now - t_window)
                 t_window, it_window = now, it
                 bar.set_postfix(
-                    loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}"
+                    loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}"
                 )
-            if it % config.eval_interval == 0 and ddp.is_main:
-                evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
+            if it % config.eval_interval == 0 and ddp.is_main and bad_loss is None:
+                val_loss = evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
+                bad_loss = None if math.isfinite(val_loss) else val_loss
                 last_eval = it
-        if it != last_eval and ddp.is_main:
-            evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
-    bar.close()
+        if it != last_eval and ddp.is_main and bad_loss is None:
+            val_loss = evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
+            bad_loss = None if math.isfinite(val_loss) else val_loss
     if ddp.world_size > 1:
         dist.destroy_process_group()
-    if ddp.is_main:
-        return f"best val loss {best_val_loss:.4f} at iter {best_iter} -> {config.out}"
-    return None
+    if not ddp.is_main:
+        return None
+    kept = (
+        f"{config.out} keeps the best model (iter {best_iter}, val loss {best_val_loss:.4f})"
+        if math.isfinite(best_val_loss)
+        else "nothing was saved"
+    )
+    if bad_loss is not None:
+        raise UserError(
+            f"training diverged: the loss became {bad_loss} by iter {it}; {kept}; try a lower --lr"
+        )
+    if not math.isfinite(best_val_loss):
+        raise UserError(f"the run stopped at iter {it} before any evaluation ({why}): {kept}")
+    return f"best val loss {best_val_loss:.4f} at iter {best_iter} -> {config.out}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -845,8 +1069,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted; the last saved checkpoint is intact", file=sys.stderr)  # 2nd Ctrl-C
+    except KeyboardInterrupt:  # before training, or a second Ctrl-C during it
+        print("interrupted: no file was left half-written", file=sys.stderr)
         return 130
     if summary is not None:
         print(summary)
@@ -854,4 +1078,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    files.setup_console()
     sys.exit(main())

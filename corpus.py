@@ -13,8 +13,7 @@ import codecs
 import hashlib
 import html
 import json
-import os
-import tempfile
+import re
 import urllib.request
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
@@ -24,6 +23,8 @@ from typing import BinaryIO
 
 import numpy as np
 import rarfile
+
+from files import UserError, atomic_file, exclusive_lock, remove_stale_temps, unreadable_reason
 
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -35,10 +36,6 @@ SHAKESPEARE_URL = (
 DEFAULT_MAX_VOCAB = 256
 
 
-class UserError(Exception):
-    """A problem with the user's input or environment: shown as one line, never a traceback."""
-
-
 @dataclass
 class Corpus:
     tokens: np.ndarray  # 1-D array of token ids (may be a read-only np.memmap)
@@ -46,7 +43,11 @@ class Corpus:
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
-    return np.dtype(np.uint8 if vocab_size <= 256 else np.uint16)
+    """The smallest unsigned integer type that holds every id (0 .. vocab_size - 1)."""
+    for dtype in (np.uint8, np.uint16):
+        if vocab_size <= np.iinfo(dtype).max + 1:
+            return np.dtype(dtype)
+    return np.dtype(np.uint32)  # more than 65,536 distinct characters: rare, but it happens
 
 
 def build_vocab(text: str) -> list[str]:
@@ -73,22 +74,6 @@ def decode(ids, vocab: list[str]) -> str:
     return "".join(vocab[i] for i in ids)
 
 
-@contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """Write to a temporary file beside path, renamed to path only once the block completes:
-    an interrupted write never looks like a finished file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def download_shakespeare(path: Path) -> None:
     """Fetch Tiny Shakespeare to `path`, atomically: a broken download never looks like a corpus."""
     print(f"{path} not found, downloading Tiny Shakespeare from {SHAKESPEARE_URL}")
@@ -106,10 +91,11 @@ def download_shakespeare(path: Path) -> None:
 
 
 def read_text(path: Path) -> str:
+    reason = unreadable_reason(path)
+    if reason is not None:
+        raise UserError(f"corpus {path} {reason}")
     try:
         return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"corpus {path} not found") from None
     except UnicodeDecodeError as e:
         raise UserError(f"corpus {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
     except OSError as e:
@@ -206,6 +192,15 @@ def source_texts(path: Path, skipped: list[str]) -> Iterator[str]:
         yield from decode_utf8(f, head)
 
 
+def first_volume(path: Path) -> str:
+    """The first volume of path's set, numbered as path is: x.part07.rar -> x.part01.rar."""
+    match = re.search(r"\.part(\d+)\.rar$", path.name, flags=re.IGNORECASE)
+    if match is None:
+        return ".part1.rar"
+    digits = match.group(1)
+    return path.name[: match.start(1)] + "1".zfill(len(digits)) + path.name[match.end(1) :]
+
+
 @contextmanager
 def read_errors(path: Path) -> Iterator[None]:
     """rarfile's and the file system's exceptions, as one-line UserErrors."""
@@ -213,7 +208,7 @@ def read_errors(path: Path) -> Iterator[None]:
         yield
     except rarfile.NeedFirstVolume:
         raise UserError(
-            f"{path} is not the first volume of its set: pass the first one (.part1.rar)"
+            f"{path} is not the first volume of its set: pass the first one ({first_volume(path)})"
         ) from None
     except rarfile.PasswordRequired:
         raise UserError(
@@ -452,11 +447,16 @@ def load_reddit(
     if not 2 <= max_vocab <= 65535:
         raise UserError(f"--max-vocab must be between 2 and 65535 (uint16 ids), got {max_vocab}")
     steps = cleaning_steps(clean)
-    if not path.is_file():
+    reason = unreadable_reason(path)
+    if reason == "not found":
         raise UserError(
             f"{path} not found: put the Reddit comments archive there, or pass --data PATH "
             "(a .rar, the first volume of a set, or a UTF-8 text file)"
         )
+    if reason is not None:
+        raise UserError(f"{path} {reason}")
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise UserError(f"the token cache folder {cache_dir} is a file: move it away and run again")
     with read_errors(path):
         source = fingerprint(path)
     settings = {"source": source, "clean": steps, "max_vocab": max_vocab, "version": CACHE_VERSION}
@@ -467,7 +467,14 @@ def load_reddit(
     if corpus is not None:
         print(f"using cached tokens {tokens_path} ({len(corpus.tokens):,} tokens)")
         return corpus
-    build_cache(path, tokens_path, meta_path, steps, max_vocab)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the token cache folder {cache_dir}: {e.strerror}") from None
+    with exclusive_lock(tokens_path, "token cache"):
+        for leftover in (tokens_path, meta_path):  # of a build that was killed
+            remove_stale_temps(leftover)
+        build_cache(path, tokens_path, meta_path, steps, max_vocab)
     corpus = load_cached(tokens_path, meta_path, path)
     if corpus is None:  # e.g. the archive was modified during the build
         raise UserError(f"{path} changed while it was being read; run again")

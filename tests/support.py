@@ -2,6 +2,7 @@
 
 import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -24,10 +25,21 @@ def write_corpus(path: Path, n_chars: int = 20_000, seed: int = 0) -> Path:
     return path
 
 
-def run_script(script: str, *args: str, cwd: Path = REPO, env: dict | None = None):
-    """Run bigram.py or MODEL.py in a fresh interpreter; returns the CompletedProcess."""
+def make_checkout(folder: Path) -> Path:
+    """A copy of the scripts alone, like a fresh clone: its data/ and checkpoints/ are empty, so
+    runs that use the default paths touch neither this repository's files nor each other's."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for script in ("bigram.py", "MODEL.py", "corpus.py", "files.py"):
+        shutil.copy(REPO / script, folder / script)
+    return folder
+
+
+def run_script(
+    script: str, *args: str, cwd: Path = REPO, env: dict | None = None, repo: Path = REPO
+):
+    """Run bigram.py or MODEL.py (of repo) in a fresh interpreter; returns the CompletedProcess."""
     return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
+        [sys.executable, str(repo / script), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -43,3 +55,15 @@ def assert_clean_error(result, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def main_error(main, argv: list[str], capsys) -> str:
+    """Run a script's main() in this process (no interpreter start-up: fast), expecting a user
+    error: non-zero exit and one `error:` line on stderr (after the progress bar, if training
+    began), which is returned."""
+    code = main(argv)
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert code != 0 and len(errors) == 1 and "Traceback" not in stderr, stderr
+    assert stderr.rstrip().endswith(errors[0])  # the last word, after any progress bar
+    return errors[0]

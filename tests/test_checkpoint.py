@@ -1,5 +1,6 @@
 """Checkpoints: round trip, atomic writes that survive a kill, and refusal of pickled code."""
 
+import os
 import pickle
 import signal
 import subprocess
@@ -89,18 +90,37 @@ while True:
     i += 1
     weights = {"w": torch.full((2_000_000,), float(i))}
     save_checkpoint(big | {"iter": i, "model": weights}, Path(sys.argv[1]))
+    print("saved", i, flush=True)
 """
 
 
 def test_killing_a_process_while_it_saves_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / "run.pt"
     save_checkpoint(make_checkpoint(), path)
-    for delay in (0.4, 0.55, 0.7, 0.85, 1.0):
-        child = subprocess.Popen([sys.executable, "-c", SAVE_FOREVER, str(path), str(REPO)])
+    command = [sys.executable, "-c", SAVE_FOREVER, str(path), str(REPO)]
+    for delay in (0.0, 0.02, 0.05, 0.1, 0.15):  # after its first save: during a later one
+        child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().startswith("saved")
         time.sleep(delay)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        checkpoint = load_checkpoint(path)
-        if checkpoint["iter"] > 0:  # one of the child's saves: complete and self-consistent
-            assert torch.all(checkpoint["model"]["w"] == checkpoint["iter"])
-    assert load_checkpoint(path)["iter"] > 0, "the child never finished a save: raise the delays"
+        child.stdout.close()
+        checkpoint = load_checkpoint(path)  # one of the child's saves: complete and consistent
+        assert checkpoint["iter"] > 0 and torch.all(checkpoint["model"]["w"] == checkpoint["iter"])
+
+
+@pytest.mark.parametrize("call", [os.system, eval, subprocess.Popen, getattr])
+@pytest.mark.parametrize("raw_pickle", [False, True])
+def test_every_kind_of_pickled_call_is_named_as_code(tmp_path, call, raw_pickle):
+    class Payload:
+        def __reduce__(self):
+            return (call, ("true",))
+
+    path = tmp_path / "evil.pt"
+    if raw_pickle:  # a plain pickle, not torch's zip format
+        path.write_bytes(pickle.dumps(make_checkpoint() | {"vocab": Payload()}, protocol=0))
+    else:
+        torch.save(make_checkpoint() | {"vocab": Payload()}, path)
+    with pytest.raises(UserError, match="refusing to load .* pickled code") as error:
+        load_checkpoint(path)
+    assert call.__name__ in str(error.value)

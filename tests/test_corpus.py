@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rarfile
 from rar_writer import write_rar
+from support import make_checkout
 
 import corpus
 from corpus import UserError
@@ -402,7 +403,9 @@ def test_interrupted_build_is_not_reused(tmp_path, monkeypatch, capsys):
 
 
 def run_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(REPO / args[0]), *args[1:]]
+    """Run a script of a fresh checkout in cwd: its data/cache is cwd/data/cache."""
+    make_checkout(cwd)
+    command = [sys.executable, str(cwd / args[0]), *args[1:]]
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
@@ -431,5 +434,48 @@ def test_train_and_generate_from_rar(tmp_path):
 def test_bigram_reports_a_missing_archive_in_one_line(tmp_path):
     result = run_script(tmp_path, "bigram.py", "--dataset", "reddit", "--max-iters", "1")
     assert result.returncode == 1
-    assert result.stderr.startswith("error: data/reddit.rar not found: put the Reddit")
+    assert result.stderr.startswith("error: ") and " not found: put the Reddit" in result.stderr
+    assert "data/reddit.rar" in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+# -----------------------------------------------------------------------------
+# Files: leftovers, folders and names
+
+
+def test_a_killed_builds_leftovers_are_removed_by_the_next_build(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("some text\n" * 100)
+    load(path, tmp_path)
+    tokens = next((tmp_path / "cache").glob("a-*.tokens"))
+    tokens.with_suffix(".json").unlink()  # the next load rebuilds
+    leftovers = [tmp_path / "cache" / f"{tokens.name}.k1lled00.tmp",
+                 tmp_path / "cache" / f"{tokens.stem}.json.k1lled00.tmp"]  # fmt: skip
+    for leftover in leftovers:
+        leftover.write_bytes(b"\x00" * 1000)
+    assert text_of(load(path, tmp_path)) == "some text\n" * 100
+    assert cache_files(tmp_path) == sorted([tokens.name, tokens.stem + ".json"])
+
+
+def test_a_cache_folder_that_is_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n" * 100)
+    (tmp_path / "cache").write_text("not a folder")
+    with pytest.raises(UserError, match="token cache folder .* is a file"):
+        load(tmp_path / "a.txt", tmp_path)
+    assert (tmp_path / "cache").read_text() == "not a folder"
+
+
+@pytest.mark.parametrize(
+    "given, first",
+    [("x.part07.rar", "x.part01.rar"), ("x.part2.RAR", "x.part1.RAR"), ("x.r00", ".part1.rar")],
+)
+def test_the_first_volume_is_named_as_the_user_numbers_volumes(given, first):
+    assert corpus.first_volume(Path(given)) == first
+
+
+def test_a_text_corpus_with_more_than_65536_characters_keeps_every_id(tmp_path):
+    text = "".join(map(chr, range(0x10000, 0x10000 + 70_000)))  # 70,000 distinct, no surrogates
+    (tmp_path / "wide.txt").write_text(text, encoding="utf-8")
+    c = corpus.load_text_corpus(tmp_path / "wide.txt")
+    assert len(c.vocab) == 70_000 and c.tokens.dtype == np.uint32
+    assert corpus.decode(c.tokens, c.vocab) == text

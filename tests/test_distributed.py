@@ -87,7 +87,7 @@ def test_torchrun_trains_and_rank_0_saves_one_checkpoint(tmp_path):
     )
     assert stdout.count("best val loss") == 1  # printed by rank 0 only
     assert load_checkpoint(tmp_path / "run.pt")["iter"] in (3, 6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "run.jsonl", "run.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "run.pt", "run.pt.jsonl"]
 
 
 def worker_pids(parent: int) -> list[int]:
@@ -121,7 +121,7 @@ def test_torchrun_resume_continues_the_saved_run(tmp_path):
     second = torchrun(tmp_path, "--max-iters", "8", "--eval-interval", "2", "--resume")
     stdout, stderr = second.communicate(timeout=240)
     assert second.returncode == 0, stderr
-    log = [json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run.pt.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in log] == [2, 4, 6, 8]  # continued from step 4, not from scratch
     assert load_checkpoint(tmp_path / "run.pt")["config"]["max_iters"] == 8
 

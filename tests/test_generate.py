@@ -1,9 +1,15 @@
 """MODEL.py: streaming, seeds, prompts, batches and output files, as a user runs it."""
 
+import os
+import subprocess
+import sys
+
 import pytest
-from support import TINY_RUN, assert_clean_error, run_script, write_corpus
+import torch
+from support import REPO, TINY_RUN, assert_clean_error, main_error, run_script, write_corpus
 
 import bigram
+import MODEL
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +73,13 @@ def test_missing_checkpoint_says_how_to_train_one(tmp_path):
         (["--temperature", "-1"], "--temperature"),
         (["--top-p", "1.5"], "--top-p"),
         (["--top-k", "0"], "--top-k"),
+        (["--temperature", "nan"], "--temperature must be a finite number"),
+        (["--temperature", "inf"], "--temperature must be a finite number"),
+        (["--seed", "-1"], "--seed must be between 0 and"),
     ],
 )
-def test_bad_sampling_settings_are_rejected(checkpoint, flags, message):
-    assert_clean_error(run_script("MODEL.py", "--checkpoint", str(checkpoint), *flags), message)
+def test_bad_sampling_settings_are_rejected(checkpoint, capsys, flags, message):
+    assert message in main_error(MODEL.main, ["--checkpoint", str(checkpoint), *flags], capsys)
 
 
 def test_empty_prompt_file_and_missing_output_folder(checkpoint, tmp_path):
@@ -83,3 +92,65 @@ def test_empty_prompt_file_and_missing_output_folder(checkpoint, tmp_path):
         "MODEL.py", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "no/x.txt")
     )
     assert_clean_error(result, "does not exist")
+
+
+def test_output_never_replaces_an_input_or_an_existing_file_unasked(checkpoint, tmp_path, capsys):
+    saved = checkpoint.read_bytes()
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("KING")
+    sample = tmp_path / "sample.txt"
+    sample.write_text("an earlier sample")
+    base = ["--checkpoint", str(checkpoint), "--num-tokens", "5", "--prompt-file", str(prompt)]
+    for output, message in [
+        (checkpoint, "is the checkpoint"),
+        (prompt, "is the prompt file"),
+        (sample, "exists: pass --overwrite"),
+        (tmp_path, "is a folder"),
+    ]:
+        for extra in ([], ["--overwrite"]) if output != sample else ([],):
+            argv = [*base, "--output", str(output), *extra]
+            assert message in main_error(MODEL.main, argv, capsys)
+    assert checkpoint.read_bytes() == saved and prompt.read_text() == "KING"
+    assert sample.read_text() == "an earlier sample"
+    assert MODEL.main([*base, "--output", str(sample), "--overwrite"]) == 0
+    assert sample.read_text().startswith("KING") and len(sample.read_text()) == 4 + 5 + 1
+
+
+def test_text_the_console_cannot_show_is_replaced_not_fatal(tmp_path):
+    corpus = tmp_path / "emoji.txt"
+    corpus.write_text("café au lait 😀, naïve résumé.\n" * 400, encoding="utf-8")
+    out = tmp_path / "emoji.pt"
+    flags = ["--max-iters", "2", "--eval-interval", "2", *TINY_RUN]
+    assert bigram.main(["--data", str(corpus), "--out", str(out), *flags]) == 0
+    for encoding in ("cp1252", "ascii"):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "MODEL.py"), "--checkpoint", str(out), "--prompt",
+             "😀 é", "--num-tokens", "200"],
+            capture_output=True, env={**os.environ, "PYTHONIOENCODING": encoding}, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        shown = result.stdout.decode(encoding)
+        assert shown.startswith("? é" if encoding == "cp1252" else "? ?")  # what it cannot show'
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda c: c["model"].pop("lm_head.weight"), "weights do not fit"),
+        (lambda c: c["model"].update(x=1), "weights do not fit"),
+        (lambda c: c["model_args"].update(n_embd=32), "weights do not fit"),
+        (lambda c: c["model_args"].update(model_type="rnn"), "unknown model type 'rnn'"),
+        (lambda c: c["model_args"].update(n_layer="2"), "n_layer should be int"),
+        (lambda c: c.update(vocab="abc"), "vocabulary is not a list of characters"),
+        (lambda c: c["vocab"].pop(), "vocabulary has"),
+        (lambda c: c["model_args"].update(n_layer=10**9), "GiB, more than the"),
+    ],
+)
+def test_checkpoints_that_load_but_are_wrong_are_one_line_errors(
+    checkpoint, tmp_path, capsys, damage, message
+):
+    tampered = torch.load(checkpoint, weights_only=True)
+    damage(tampered)
+    torch.save(tampered, tmp_path / "bad.pt")
+    argv = ["--checkpoint", str(tmp_path / "bad.pt"), "--num-tokens", "5"]
+    assert message in main_error(MODEL.main, argv, capsys)

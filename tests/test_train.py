@@ -20,7 +20,7 @@ def train(tmp_path, *flags: str) -> list[dict]:
     out = tmp_path / "run.pt"
     argv = ["--data", str(corpus), "--out", str(out), *TINY_RUN, "--lr", "3e-3", *flags]
     assert bigram.main(argv) == 0
-    return [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in bigram.log_path(out).read_text().splitlines()]
 
 
 def test_loss_falls_on_a_small_corpus(tmp_path, capsys):
@@ -115,7 +115,7 @@ def test_short_run_on_tiny_shakespeare_learns(tmp_path):
 
 
 def test_resume_drops_log_lines_past_the_checkpoint_and_cut_lines(tmp_path):
-    log = tmp_path / "run.jsonl"
+    log = tmp_path / "run.pt.jsonl"
     log.write_text('{"iter": 5}\n{"iter": 10}\n{"iter": 15}\n{"iter": 2')  # killed mid-write
     bigram.trim_log(log, 10)
     assert log.read_text() == '{"iter": 5}\n{"iter": 10}\n'

@@ -1,0 +1,263 @@
+"""What ScratchGPT promises about your files (and the console it prints to), in one place.
+
+- Every file it writes appears whole or not at all (atomic_file), with the permissions your
+  umask gives, like any other file you create.
+- A path it writes is checked before any work starts: its folder exists (or can be made) and
+  can be written, and it is none of the run's inputs (check_output).
+- Two runs never write the same checkpoint: the first holds a lock (exclusive_lock) that the
+  operating system releases when the process ends, even when it is killed.
+- Temporary files that a killed run left behind are removed by the next run on the same path.
+- A checkpoint whose pickle would run code is named as such (pickled_imports).
+- A console that cannot show a character, or that goes away, does not stop a run (setup_console).
+"""
+
+import errno
+import glob
+import os
+import pickletools
+import signal
+import stat
+import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment: shown as one line, never a traceback."""
+
+
+def current_umask() -> int:
+    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def temp_file(path: Path) -> tuple[int, str]:
+    """A new temporary file beside path, named path.name + '.XXXXXXXX.tmp' (so that it is known
+    to belong to path), with the mode open() would give it rather than mkstemp's 0600."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, tmp
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Write to a temporary file beside path, renamed to path only once the block completes:
+    an interrupted write never looks like a finished file, and the old file stays until then."""
+    fd, tmp = temp_file(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete the temporary files of atomic_file(path) that a killed process left behind.
+    Call it only while holding path's lock: then no live process is writing them."""
+    removed = []
+    for tmp in path.parent.glob(glob.escape(path.name) + ".????????.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why path cannot be read as a file, in a few words; None when it can be."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if path.is_symlink():
+            return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+        return "not found"
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "is a symbolic link loop"
+        return e.strerror or type(e).__name__
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a file"
+    return None
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when a and b name one file (through links too), whether or not it exists yet."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet)
+        pass
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def check_output(path: Path, what: str, inputs: dict[str, Path]) -> None:
+    """Fail now rather than at the first save: path is not one of the inputs, its folder exists
+    (or can be made) and a file with path's name (plus atomic_file's suffix) can be created there.
+
+    inputs maps a description ("the corpus (--data)") to the path it names.
+    """
+    for description, source in inputs.items():
+        if same_file(path, source):
+            raise UserError(f"{what} {path} is {description}: writing it would destroy it")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file path such as {path / 'run.pt'}")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{what} {path} exists and is not a regular file")
+    for parent in [path.parent, *path.parent.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"cannot write {what} {path}: {parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = temp_file(path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {e.strerror}") from None
+
+
+def _try_lock(f) -> bool:
+    try:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        else:
+            import msvcrt
+
+            msvcrt.locking(f.fileno(), msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def exclusive_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold path + '.lock' while the block runs; another process asking for it meanwhile gets a
+    UserError. The operating system drops the lock when its holder ends, however it ends, so a
+    killed run never leaves a path locked for good."""
+    lock_path = path.with_name(path.name + ".lock")
+    while True:
+        try:
+            f = lock_path.open("a")
+        except OSError as e:
+            raise UserError(f"cannot write {what} {path}: {e.strerror}") from None
+        if not _try_lock(f):
+            f.close()
+            raise UserError(
+                f"{what} {path} is in use by another run (it holds {lock_path}); "
+                "wait for it to finish, or use another path"
+            )
+        try:  # the previous holder may have removed the file between our open and our lock
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
+                break
+        except FileNotFoundError:
+            pass
+        f.close()
+    try:
+        yield
+    finally:
+        try:
+            lock_path.unlink()  # before releasing it, so that nobody locks a removed file
+        except OSError:
+            pass
+        f.close()
+
+
+# What torch itself writes into a checkpoint's pickle: anything else it imports is code.
+TORCH_PICKLE_IMPORTS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set")
+
+
+def pickled_imports(path: Path) -> list[str]:
+    """The functions and classes a checkpoint's pickle would import, read without running it."""
+    try:
+        if zipfile.is_zipfile(path):  # torch.save's format: the pickle is one member
+            with zipfile.ZipFile(path) as archive:
+                pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(pickles[0]) if pickles else b""
+        else:
+            data = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return []
+    imports, strings = [], []
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("GLOBAL", "INST"):
+                imports.append(arg.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                imports.append(".".join(strings[-2:]))  # module and name, pushed just before
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # damaged past this point: what was read is what we know
+        pass
+    return [name for name in imports if not name.startswith(TORCH_PICKLE_IMPORTS)]
+
+
+class ForgivingStream:
+    """stdout for a long run: once its reader is gone (closed, or `| head` exited), output is
+    dropped instead of killing the training it reports on. The real file descriptor then points
+    at /dev/null, so that Python's own flush at exit stays quiet too."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # EPIPE, EBADF, or a closed file
+                self.give_up()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.give_up()
+
+    def give_up(self) -> None:
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        except (OSError, ValueError):
+            pass
+        self.stream = None
+
+    def isatty(self) -> bool:
+        return self.stream is not None and self.stream.isatty()
+
+    def fileno(self) -> int:
+        if self.stream is None:
+            raise OSError("stdout is gone")
+        return self.stream.fileno()
+
+
+def setup_console(forgive_lost_stdout: bool = True) -> None:
+    """For the command line: characters the console cannot show (an emoji on a Windows cp1252
+    console) print as '?' instead of raising, SIGTERM unwinds like Ctrl-C (so temporary files are
+    removed), and with forgive_lost_stdout a run outlives a closed stdout or `| head`."""
+    if sys.stdout is None:  # started with stdout closed: keep fd 1 from becoming a data file
+        fd = os.open(os.devnull, os.O_WRONLY)
+        if fd != 1:
+            os.dup2(fd, 1)
+            os.close(fd)
+        sys.stdout = open(1, "w", closefd=False)  # lives as long as the process
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    if forgive_lost_stdout:
+        sys.stdout = ForgivingStream(sys.stdout)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

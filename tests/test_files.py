@@ -1,0 +1,113 @@
+"""files.py: atomic writes, permissions, leftovers, output checks and run locks."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+from support import REPO
+
+from files import (
+    UserError,
+    atomic_file,
+    check_output,
+    exclusive_lock,
+    remove_stale_temps,
+    unreadable_reason,
+)
+
+
+def test_an_interrupted_atomic_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+    with pytest.raises(OSError), atomic_file(path) as f:
+        f.write(b"half of the new")
+        raise OSError(28, "No space left on device")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    previous = os.umask(umask)
+    try:
+        with atomic_file(tmp_path / "file") as f:
+            f.write(b"x")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "file").stat().st_mode) == 0o666 & ~umask
+
+
+def test_stale_temporaries_of_one_path_are_removed_and_others_kept(tmp_path):
+    (tmp_path / "run.pt.a1b2c3d4.tmp").write_bytes(b"left by a killed save")
+    (tmp_path / "other.pt.a1b2c3d4.tmp").write_bytes(b"another checkpoint's")
+    (tmp_path / "run.pt.notes.tmp").write_bytes(b"not ours: not 8 characters")
+    remove_stale_temps(tmp_path / "run.pt")
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["other.pt.a1b2c3d4.tmp", "run.pt.notes.tmp"]
+
+
+def test_unreadable_reasons_name_links_and_folders(tmp_path):
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    (tmp_path / "file").write_text("x")
+    assert unreadable_reason(tmp_path / "loop") == "is a symbolic link loop"
+    assert "which does not exist" in unreadable_reason(tmp_path / "dangling")
+    assert unreadable_reason(tmp_path / "missing") == "not found"
+    assert unreadable_reason(tmp_path) == "is a folder, not a file"
+    assert unreadable_reason(tmp_path / "file") is None
+
+
+def test_an_output_may_not_be_an_input_even_through_a_link(tmp_path):
+    corpus = tmp_path / "input.txt"
+    corpus.write_text("keep me")
+    (tmp_path / "alias.txt").symlink_to(corpus)
+    with pytest.raises(UserError, match="is the corpus"):
+        check_output(tmp_path / "alias.txt", "checkpoint", {"the corpus": corpus})
+    assert corpus.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("a.txt/run.pt", "a.txt is a file, not a folder"),
+        ("folder", "is a folder"),
+        ("x" * 250 + ".pt", "File name too long"),
+    ],
+)
+def test_outputs_that_cannot_be_written_are_found_before_any_work(tmp_path, name, message):
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(UserError, match=message):
+        check_output(tmp_path / name, "checkpoint", {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "folder"]  # no probe left
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from files import exclusive_lock
+with exclusive_lock(Path(sys.argv[1]), "checkpoint"):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_lock_is_exclusive_and_a_killed_holder_leaves_it_free(tmp_path):
+    path = tmp_path / "run.pt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(path), str(REPO)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(UserError, match="in use by another run"), exclusive_lock(path, "x"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    with exclusive_lock(path, "checkpoint"):  # the kernel released the dead holder's lock
+        assert (tmp_path / "run.pt.lock").exists()
+    assert not (tmp_path / "run.pt.lock").exists()  # removed once released
