@@ -18,7 +18,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import closing, contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import corpus
 import files
+import plots
 from corpus import split_corpus
 from files import UserError
 
@@ -316,6 +317,20 @@ def generate_tokens(
         yield next_token
 
 
+@torch.no_grad()
+def training_sample(model: nn.Module, vocab: list[str], num_chars: int, seed: int, device) -> str:
+    """What the model writes now: a continuation of a newline at temperature 0.8, with the same
+    seed at every evaluation, so that the samples of one run show what changed."""
+    start = vocab.index("\n") if "\n" in vocab else 0
+    generator = torch.Generator(device=device).manual_seed(seed)
+    prompt = torch.tensor([[start]], device=device)
+    model.eval()
+    steps = generate_tokens(model, prompt, num_chars, temperature=0.8, generator=generator)
+    text = corpus.decode([step.item() for step in steps], vocab)
+    model.train()
+    return text
+
+
 def _param_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
@@ -455,6 +470,26 @@ def config_from_checkpoint(checkpoint: dict, path: Path) -> tuple[str, GPTConfig
     return model_type, config
 
 
+def load_weights_growing_vocab(model: nn.Module, weights: dict, source: str) -> None:
+    """A trained model's weights, into a model whose vocabulary may be larger: the rows of the
+    trained characters (embedding, head, bigram table) are copied, the rows of new characters
+    keep the fresh initialisation that training gives them."""
+    own = model.state_dict()  # shares storage with the parameters
+    try:
+        if weights.keys() != own.keys():
+            raise ValueError("different parameter names")
+        for name, weight in weights.items():
+            target = own[name]
+            if weight.dim() != target.dim() or any(map(int.__gt__, weight.shape, target.shape)):
+                raise ValueError(f"{name} has shape {tuple(weight.shape)}")
+            with torch.no_grad():
+                target[tuple(slice(0, n) for n in weight.shape)].copy_(weight)
+    except (AttributeError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(
+            f"{source}: its weights do not fit its settings ({first_line(e)})"
+        ) from None
+
+
 def model_from_checkpoint(
     checkpoint: dict, device: torch.device | str = "cpu", path: Path | str = "the checkpoint"
 ) -> nn.Module:
@@ -516,7 +551,7 @@ class TrainConfig:
     out: str = ""  # checkpoint path; empty means checkpoints/<dataset>.pt
     preset: str = "cpu"
     model: str = "gpt"
-    clean: bool = True  # Reddit: unescape HTML entities, normalise newlines, drop [deleted]
+    clean: bool = True  # line ends unified; Reddit: also HTML entities unescaped, [deleted] dropped
     max_vocab: int = corpus.DEFAULT_MAX_VOCAB  # Reddit: rarer characters become one symbol
     n_layer: int = 6
     n_head: int = 6
@@ -539,6 +574,8 @@ class TrainConfig:
     compile: bool = False
     backend: str = ""  # torchrun only: nccl on CUDA, gloo otherwise
     seed: int = 1337
+    init_from: str = ""  # fine-tuning: the trained checkpoint whose weights the run starts from
+    sample_chars: int = 200  # a sample of this many characters at each evaluation (0: none)
 
 
 MODEL_SHAPE = ("model", "n_layer", "n_head", "n_embd", "block_size")
@@ -572,16 +609,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("max_minutes", float, "time budget: the schedule fits it, then training stops"),
         ("seed", int, "random seed"),
         ("max_vocab", int, "reddit: keep this many characters, the rarest become one symbol"),
+        ("sample_chars", int, "characters of sample text at each evaluation (0: none)"),
+        ("init_from", str, "fine-tune: start from this trained checkpoint's weights"),
     ]:
         p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name, help=text)
     p.add_argument("--clean", action=argparse.BooleanOptionalAction,
-                   help="reddit: --no-clean keeps the text exactly as archived")  # fmt: skip
+                   help="--no-clean: the text exactly as written (CRLF, entities)")  # fmt: skip
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="default: auto")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision; auto: bfloat16 where the hardware has it")  # fmt: skip
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="use torch.compile")
     p.add_argument("--backend", choices=["nccl", "gloo"], help="torchrun: distributed backend")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
+    p.add_argument("--plot", nargs="+", type=Path, metavar="RUN.jsonl",
+                   help="draw these training logs into one picture, then exit")  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -629,6 +670,8 @@ def validate(config: TrainConfig) -> None:
     if config.lr <= 0 or config.min_lr > config.lr:
         raise UserError("learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0")
     check_seed(config.seed)
+    if config.sample_chars < 0:
+        raise UserError("--sample-chars must not be negative")
 
 
 def is_reddit(config: TrainConfig) -> bool:
@@ -641,7 +684,7 @@ def load_corpus(config: TrainConfig) -> corpus.Corpus:
         return corpus.load_reddit(path, CACHE_DIR, clean=config.clean, max_vocab=config.max_vocab)
     if files.unreadable_reason(path) == "not found" and path == DATASET_FILES["shakespeare"]:
         corpus.download_shakespeare(path)
-    return corpus.load_text_corpus(path)
+    return corpus.load_text_corpus(path, clean=config.clean)
 
 
 def get_batch(data: np.ndarray, config: TrainConfig, generator: torch.Generator):
@@ -831,7 +874,15 @@ def agree_to_stop(
 
 
 def checkpoint_path(args: argparse.Namespace) -> Path:
-    return Path(args.out or CHECKPOINT_DIR / f"{args.dataset or 'shakespeare'}.pt")
+    """--out, or checkpoints/<dataset>.pt; a fine-tuned model is named after its corpus and its
+    starting point (checkpoints/mytext-from-shakespeare.pt), never after the model it came from."""
+    if args.out:
+        return Path(args.out)
+    dataset = args.dataset or "shakespeare"
+    if args.init_from:
+        data = Path(args.data or DATASET_FILES[dataset])
+        return CHECKPOINT_DIR / f"{data.stem}-from-{Path(args.init_from).stem}.pt"
+    return CHECKPOINT_DIR / f"{dataset}.pt"
 
 
 def log_path(checkpoint: Path) -> Path:
@@ -865,6 +916,8 @@ def check_paths(config: TrainConfig, resume: bool) -> None:
     """Nothing the run writes is one of its inputs, and a new run replaces nothing."""
     out, data = Path(config.out), Path(config.data)
     inputs = {"the corpus (--data)": data}
+    if config.init_from:
+        inputs["the checkpoint it starts from (--init-from)"] = Path(config.init_from)
     files.check_output(out, "checkpoint", inputs)
     files.check_output(log_path(out), "training log", inputs | {"the checkpoint": out})
     if resume:
@@ -880,34 +933,65 @@ def check_paths(config: TrainConfig, resume: bool) -> None:
 def warn_ignored_flags(args: argparse.Namespace, config: TrainConfig) -> None:
     ignored = []
     if not is_reddit(config):
-        ignored += [f"{flag(n)} applies to Reddit archives only" for n in ("max_vocab", "clean")
-                    if getattr(args, n) is not None]  # fmt: skip
+        if args.max_vocab is not None:
+            ignored.append("--max-vocab applies to Reddit archives only")
     if args.backend and "RANK" not in os.environ:
         ignored.append("--backend applies to distributed runs (torchrun) only")
     for note in ignored:
         print(f"warning: {note}; ignored", file=sys.stderr)
 
 
+def load_starting_point(args: argparse.Namespace) -> dict:
+    """The trained checkpoint --init-from fine-tunes: its shape wins over the preset's."""
+    if args.resume:
+        raise UserError("--init-from starts a new run; --resume continues one: choose one")
+    given = [name for name in MODEL_SHAPE if getattr(args, name) is not None]
+    if given:
+        raise UserError(f"--init-from: the shape comes from the checkpoint; drop {flag(given[0])}")
+    source = load_checkpoint(Path(args.init_from))
+    config_from_checkpoint(source, args.init_from)
+    return source
+
+
+def shape_of(checkpoint: dict) -> dict:
+    """The TrainConfig settings that a checkpoint's model fixes."""
+    args = checkpoint["model_args"]
+    return {"model": args["model_type"]} | {k: args[k] for k in MODEL_SHAPE if k in args}
+
+
 def prepare_run(args: argparse.Namespace, device: torch.device, ddp: Distributed):
-    """Settings, corpus and (with --resume) the checkpoint to continue, all checked up front."""
+    """Settings, corpus, and the checkpoint to continue (--resume) or to start from
+    (--init-from), all checked up front."""
     out = checkpoint_path(args)
     checkpoint = load_resumable(out) if args.resume else None
+    source = load_starting_point(args) if args.init_from else None
     config = make_config(args, device, checkpoint["config"] if checkpoint else None)
+    if source is not None:
+        config = replace(config, **shape_of(source))
     config.out = str(out)  # where the checkpoint is now, even if it was moved since
     validate(config)
     if ddp.is_main:
         check_paths(config, args.resume)
         warn_ignored_flags(args, config)
     data = load_corpus(config)
-    if checkpoint is not None and checkpoint["vocab"] != data.vocab:
-        raise UserError(f"--resume: {config.data} has a different vocabulary than {out}")
+    trained = checkpoint or source
+    if trained is not None:  # the model's characters keep their ids
+        data, added = corpus.adopt_vocab(data, trained["vocab"])
+        if added and checkpoint is not None:
+            raise UserError(
+                f"--resume: {config.data} has characters that {out} never saw "
+                f"({', '.join(map(repr, added[:10]))}): a different vocabulary"
+            )
+        if added and ddp.is_main:
+            print(f"vocabulary: {len(trained['vocab'])} characters from {config.init_from}, "
+                  f"{len(added)} added: {''.join(added[:40])!r}")  # fmt: skip
     if len(data.tokens) < 10 * (config.block_size + 1):
         raise UserError(
             f"corpus {config.data} has {len(data.tokens)} characters; it needs at least "
             f"{10 * (config.block_size + 1)} (10 x (block_size + 1)) so that the 10% validation "
             "split holds one window"
         )
-    return config, data, checkpoint
+    return config, data, checkpoint, source
 
 
 def train(args: argparse.Namespace) -> str | None:
@@ -927,7 +1011,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
 
     if not ddp.is_main:
         dist.barrier()  # rank 0 first: it downloads the corpus or builds the token cache once
-    config, data, checkpoint = prepare_run(args, device, ddp)
+    config, data, checkpoint, source = prepare_run(args, device, ddp)
     if ddp.is_main and ddp.world_size > 1:
         dist.barrier()
     dtype = resolve_dtype(config.dtype, device)
@@ -948,6 +1032,8 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     scaler = make_scaler(device, dtype)
     start_iter, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     log = log_path(Path(config.out))
+    if source is not None:
+        load_weights_growing_vocab(model, source["model"], config.init_from)
     if checkpoint is not None:
         try:
             model.load_state_dict(checkpoint["model"])
@@ -976,10 +1062,22 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> float:
         nonlocal best_val_loss, best_iter
         losses = estimate_loss(model, splits, config, device, dtype)
+        val_bpc = losses["val"] / math.log(2)
         record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
-        record |= {"lr": optimizer.param_groups[0]["lr"], "tokens_per_sec": tokens_per_sec}
-        append_log(log, record | {"elapsed_s": elapsed})
-        bar.write(f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+        record |= {"val_bpc": val_bpc, "lr": optimizer.param_groups[0]["lr"]}
+        record |= {"tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed}
+        bar.write(
+            f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+            f"({val_bpc:.3f} bits/char)"
+        )
+        if config.sample_chars and math.isfinite(losses["val"]):
+            with autocast(device, dtype):
+                record["sample"] = training_sample(
+                    model, data.vocab, config.sample_chars, config.seed, device
+                )
+            bar.write("".join(f"    | {line}\n" for line in record["sample"].split("\n")), end="")
+        append_log(log, record)
+        picture.draw([log])
         if losses["val"] < best_val_loss:  # never true for NaN: a diverged model is not saved
             best_val_loss, best_iter = losses["val"], it
             checkpoint = {
@@ -997,6 +1095,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
         return losses["val"]
 
     bar = tqdm(total=config.max_iters, initial=start_iter, unit="it", disable=not ddp.is_main)
+    picture = plots.RunPicture(log.with_suffix(".png"), note=bar.write)
     t_start = time.perf_counter() - elapsed_before
     budget_s = config.max_minutes * 60
     it, last_eval, tokens_per_sec = start_iter, start_iter, 0.0
@@ -1065,6 +1164,9 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.plot:
+            print(f"wrote {plots.plot_logs(args.plot)}")
+            return 0
         summary = train(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -60,9 +60,10 @@ def encode(text: str, vocab: list[str]) -> np.ndarray:
         codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
     except UnicodeEncodeError:  # undecodable bytes from the command line or a file name
         raise UserError("the text is not valid Unicode (undecodable bytes)") from None
-    vocab_codepoints = np.array([ord(c) for c in vocab], dtype=np.uint32)  # sorted, like vocab
-    ids = np.searchsorted(vocab_codepoints, codepoints)
-    ids = np.minimum(ids, len(vocab) - 1)
+    vocab_codepoints = np.array([ord(c) for c in vocab], dtype=np.uint32)
+    order = np.argsort(vocab_codepoints)  # the identity for a sorted vocabulary
+    positions = np.searchsorted(vocab_codepoints[order], codepoints)
+    ids = order[np.minimum(positions, len(vocab) - 1)]
     unknown = vocab_codepoints[ids] != codepoints
     if unknown.any():
         missing = sorted(set(chr(c) for c in codepoints[unknown]))
@@ -90,25 +91,59 @@ def download_shakespeare(path: Path) -> None:
         f.write(data)
 
 
-def read_text(path: Path) -> str:
+def looks_utf16(data: bytes) -> bool:
+    """A byte-order mark, or a NUL in every other byte: what Windows tools call 'Unicode'."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return True
+    head = data[:4096]
+    return len(head) >= 16 and max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4
+
+
+def read_text(path: Path, what: str = "corpus") -> str:
+    """A UTF-8 text file as any editor writes it: a leading byte-order mark (Windows editors add
+    one) is dropped, since it is not part of the text; UTF-16 is refused with how to convert it."""
     reason = unreadable_reason(path)
     if reason is not None:
-        raise UserError(f"corpus {path} {reason}")
+        raise UserError(f"{what} {path} {reason}")
     try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise UserError(f"corpus {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+        data = path.read_bytes()
     except OSError as e:
-        raise UserError(f"cannot read corpus {path}: {e.strerror}") from None
+        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
+    if looks_utf16(data):
+        raise UserError(
+            f"{what} {path} is UTF-16 text; save it as UTF-8 (Notepad: Save As, Encoding UTF-8) "
+            f"or convert it: iconv -f UTF-16 -t UTF-8 {path} > {path.stem}-utf8.txt"
+        )
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
-def load_text_corpus(path: Path) -> Corpus:
-    """A whole UTF-8 text file as tokens; its vocabulary is its sorted set of characters."""
+def load_text_corpus(path: Path, clean: bool = True) -> Corpus:
+    """A whole UTF-8 text file as tokens; its vocabulary is its sorted set of characters.
+    clean turns Windows (CRLF) and old Mac (CR) line ends into LF, so that '\r' is not a
+    character; without it the text is kept exactly as written."""
     text = read_text(path)
+    if clean:
+        text = "".join(normalize_newlines([text]))
     if not text:
         raise UserError(f"corpus {path} is empty")
     vocab = build_vocab(text)
     return Corpus(encode(text, vocab), vocab)
+
+
+def adopt_vocab(data: Corpus, vocab: list[str]) -> tuple[Corpus, list[str]]:
+    """data re-encoded so that vocab's characters keep their ids (a trained model's), with the
+    characters vocab lacks appended after them. Returns that corpus and the appended characters."""
+    if data.vocab == vocab:
+        return data, []  # nothing to do: a memory-mapped corpus stays on disk
+    known = set(vocab)
+    added = [c for c in data.vocab if c not in known]
+    new_vocab = list(vocab) + added
+    new_id = {c: i for i, c in enumerate(new_vocab)}
+    mapping = np.array([new_id[c] for c in data.vocab], dtype=token_dtype(len(new_vocab)))
+    return Corpus(mapping[data.tokens], new_vocab), added
 
 
 def split_corpus(tokens: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +177,7 @@ def looks_binary(head: bytes) -> bool:
 def decode_utf8(f: BinaryIO, head: bytes = b"") -> Iterator[str]:
     """A file's text, CHUNK_BYTES at a time. A character split between chunks is decoded whole;
     invalid bytes become lone surrogates, counted and replaced later (see count_characters)."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="surrogateescape")  # BOM dropped
     chunk = head or f.read(CHUNK_BYTES)
     while chunk:
         yield decoder.decode(chunk)

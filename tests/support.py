@@ -10,7 +10,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TINY_MODEL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16"]
+# No sample text at evaluations unless a test asks for it: it would cost most of a tiny run.
 TINY_RUN = TINY_MODEL + ["--batch-size", "8", "--eval-iters", "2", "--dtype", "float32"]
+TINY_RUN += ["--sample-chars", "0"]
 
 
 def write_corpus(path: Path, n_chars: int = 20_000, seed: int = 0) -> Path:
@@ -29,7 +31,7 @@ def make_checkout(folder: Path) -> Path:
     """A copy of the scripts alone, like a fresh clone: its data/ and checkpoints/ are empty, so
     runs that use the default paths touch neither this repository's files nor each other's."""
     folder.mkdir(parents=True, exist_ok=True)
-    for script in ("bigram.py", "MODEL.py", "corpus.py", "files.py"):
+    for script in ("bigram.py", "MODEL.py", "corpus.py", "files.py", "plots.py"):
         shutil.copy(REPO / script, folder / script)
     return folder
 

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from support import (
     REPO,
+    TINY_MODEL,
     TINY_RUN,
     assert_clean_error,
     main_error,
@@ -358,7 +360,6 @@ def test_flags_that_do_nothing_say_so(tmp_path):
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [
         "warning: --max-vocab applies to Reddit archives only; ignored",
-        "warning: --clean applies to Reddit archives only; ignored",
         "warning: --backend applies to distributed runs (torchrun) only; ignored",
     ]
 
@@ -375,3 +376,35 @@ def test_default_folders_are_the_repositorys_wherever_it_runs_from(tmp_path):
     generated = run_script("MODEL.py", "--num-tokens", "5", cwd=elsewhere, repo=checkout)
     assert generated.returncode == 0, generated.stderr
     assert not any(elsewhere.iterdir())
+
+
+def test_fine_tuning_refuses_what_it_cannot_do(tmp_path, capsys):
+    corpus = corpus_in(tmp_path)
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 0
+    source = str(tmp_path / "run.pt")
+    capsys.readouterr()
+    run = ["--data", str(corpus), *TRAIN[len(TINY_MODEL) :], "--out", str(tmp_path / "ft.pt")]
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(b"cposix\nsystem\n(S'true'\ntR.")  # a protocol-0 pickle calling os.system
+    for flags, message in [
+        (["--init-from", source, "--resume", "--out", source], "--resume continues one"),
+        (["--init-from", source, "--n-embd", "32"], "drop --n-embd"),
+        (["--init-from", source, "--out", source], "is the checkpoint it starts from"),
+        (["--init-from", str(tmp_path / "none.pt")], "not found"),
+        (["--init-from", str(evil)], "pickled code (it would call posix.system)"),
+    ]:
+        assert message in main_error(bigram.main, [*run, *flags], capsys)
+    assert not (tmp_path / "ft.pt").exists()
+
+
+def test_a_machine_without_proc_cpuinfo_trains_in_float32(monkeypatch):
+    real_read_text = Path.read_text
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    assert not bigram.cpu_has_native_bf16()
+    assert bigram.resolve_dtype("auto", torch.device("cpu")) == torch.float32

@@ -479,3 +479,42 @@ def test_a_text_corpus_with_more_than_65536_characters_keeps_every_id(tmp_path):
     c = corpus.load_text_corpus(tmp_path / "wide.txt")
     assert len(c.vocab) == 70_000 and c.tokens.dtype == np.uint32
     assert corpus.decode(c.tokens, c.vocab) == text
+
+
+# -----------------------------------------------------------------------------
+# Your own text, from any system
+
+
+def test_a_byte_order_mark_is_not_a_character(tmp_path):
+    (tmp_path / "bom.txt").write_bytes("\ufeffhello world\n".encode("utf-8"))
+    c = corpus.load_text_corpus(tmp_path / "bom.txt")
+    assert "\ufeff" not in c.vocab and corpus.decode(c.tokens, c.vocab) == "hello world\n"
+    with (tmp_path / "bom.txt").open("rb") as f:  # and in Reddit text files too
+        assert "".join(corpus.decode_utf8(f)) == "hello world\n"
+
+
+def test_windows_line_ends_become_newlines_unless_the_text_is_kept_as_is(tmp_path):
+    (tmp_path / "crlf.txt").write_bytes(b"one\r\ntwo\rthree\n")
+    c = corpus.load_text_corpus(tmp_path / "crlf.txt")
+    assert "\r" not in c.vocab and corpus.decode(c.tokens, c.vocab) == "one\ntwo\nthree\n"
+    raw = corpus.load_text_corpus(tmp_path / "crlf.txt", clean=False)
+    assert corpus.decode(raw.tokens, raw.vocab) == "one\r\ntwo\rthree\n"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
+def test_utf16_text_is_refused_with_how_to_convert_it(tmp_path, encoding):
+    (tmp_path / "win.txt").write_bytes("Notepad's 'Unicode' text\n".encode(encoding) * 20)
+    with pytest.raises(UserError, match="is UTF-16 text; save it as UTF-8 .* iconv -f UTF-16"):
+        corpus.load_text_corpus(tmp_path / "win.txt")
+
+
+def test_adopting_a_vocabulary_keeps_its_ids_and_appends_new_characters():
+    data = corpus.Corpus(corpus.encode("abcxyz", list("abcxyz")), list("abcxyz"))
+    adopted, added = corpus.adopt_vocab(data, list("zyab"))
+    assert adopted.vocab == list("zyabcx") and added == ["c", "x"]
+    assert corpus.decode(adopted.tokens, adopted.vocab) == "abcxyz"
+    assert corpus.adopt_vocab(data, data.vocab)[0] is data  # nothing to change
+
+
+def test_encoding_with_an_unsorted_vocabulary():
+    assert corpus.encode("bca", list("cab")).tolist() == [2, 0, 1]

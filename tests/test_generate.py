@@ -1,5 +1,6 @@
 """MODEL.py: streaming, seeds, prompts, batches and output files, as a user runs it."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -154,3 +155,28 @@ def test_checkpoints_that_load_but_are_wrong_are_one_line_errors(
     torch.save(tampered, tmp_path / "bad.pt")
     argv = ["--checkpoint", str(tmp_path / "bad.pt"), "--num-tokens", "5"]
     assert message in main_error(MODEL.main, argv, capsys)
+
+
+def test_a_prompt_file_from_windows_reads_as_it_looks(checkpoint, tmp_path):
+    (tmp_path / "prompt.txt").write_bytes("\ufeffKING:\r\n".encode("utf-8"))
+    text = generate(checkpoint, "--prompt-file", str(tmp_path / "prompt.txt"), "--num-tokens", "5")
+    assert text.startswith("KING:\n") and "\r" not in text and "\ufeff" not in text
+
+
+def test_bf16_weights_change_the_next_character_distribution_by_rounding_only(checkpoint):
+    model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    context = torch.randint(0, model.config.vocab_size, (4, model.config.block_size))
+    with torch.no_grad():
+        p32 = model(context)[0].softmax(-1)
+        p16 = bf16(context)[0].float().softmax(-1)
+    total_variation = 0.5 * (p32 - p16).abs().sum(-1)
+    assert total_variation.max() < 0.02  # bf16 keeps 8 bits of mantissa: about 0.4% per weight
+
+
+@pytest.mark.parametrize("faster", [torch.float32, torch.bfloat16])
+def test_model_py_keeps_the_weights_that_generate_faster(checkpoint, monkeypatch, faster):
+    model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
+    timed = lambda m, batch: 1.0 if next(m.parameters()).dtype == faster else 2.0
+    monkeypatch.setattr(MODEL, "seconds_per_step", timed)
+    assert next(MODEL.faster_cpu_weights(model, 1).parameters()).dtype == faster

@@ -1,23 +1,31 @@
 """Training: the loss falls, logs and checkpoints are written, and --resume continues exactly."""
 
 import json
+import math
 import os
 import signal
+import sys
 
 import pytest
 import torch
-from support import REPO, TINY_RUN, write_corpus
+from support import REPO, TINY_MODEL, TINY_RUN, write_corpus
 
 import bigram
 from bigram import load_checkpoint
 
 
 def train(tmp_path, *flags: str) -> list[dict]:
-    """Train in-process on the synthetic corpus; returns the JSONL evaluation log."""
+    """Train in-process on the synthetic corpus into tmp_path/run.pt (or --out NAME, also in
+    tmp_path); returns the JSONL evaluation log."""
     corpus = tmp_path / "corpus.txt"
     if not corpus.exists():
         write_corpus(corpus)
+    flags = list(flags)
     out = tmp_path / "run.pt"
+    if "--out" in flags:  # a name for another run in the same folder
+        at = flags.index("--out") + 1
+        out = tmp_path / flags.pop(at)
+        flags.pop(at - 1)
     argv = ["--data", str(corpus), "--out", str(out), *TINY_RUN, "--lr", "3e-3", *flags]
     assert bigram.main(argv) == 0
     return [json.loads(line) for line in bigram.log_path(out).read_text().splitlines()]
@@ -27,7 +35,9 @@ def test_loss_falls_on_a_small_corpus(tmp_path, capsys):
     log = train(tmp_path, "--max-iters", "60", "--eval-interval", "20", "--warmup-iters", "5")
     assert [r["iter"] for r in log] == [20, 40, 60]
     assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.3
-    assert set(log[0]) == {"iter", "train_loss", "val_loss", "lr", "tokens_per_sec", "elapsed_s"}
+    expected = {"iter", "train_loss", "val_loss", "val_bpc", "lr", "tokens_per_sec", "elapsed_s"}
+    assert set(log[0]) == expected
+    assert all(r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2)) for r in log)
     best = min(r["val_loss"] for r in log)
     last_line = capsys.readouterr().out.strip().splitlines()[-1]
     assert last_line == f"best val loss {best:.4f} at iter 60 -> {tmp_path / 'run.pt'}"
@@ -119,3 +129,92 @@ def test_resume_drops_log_lines_past_the_checkpoint_and_cut_lines(tmp_path):
     log.write_text('{"iter": 5}\n{"iter": 10}\n{"iter": 15}\n{"iter": 2')  # killed mid-write
     bigram.trim_log(log, 10)
     assert log.read_text() == '{"iter": 5}\n{"iter": 10}\n'
+
+
+# -----------------------------------------------------------------------------
+# Watching a run: samples at each evaluation, the picture, --plot
+
+
+def test_each_evaluation_writes_a_sample_with_the_same_seed(tmp_path, capsys):
+    log = train(tmp_path, "--max-iters", "4", "--eval-interval", "2", "--sample-chars", "40")
+    vocab = load_checkpoint(tmp_path / "run.pt")["vocab"]
+    assert [len(r["sample"]) for r in log] == [40, 40]
+    assert all(set(r["sample"]) <= set(vocab) for r in log)
+    shown = capsys.readouterr().out
+    assert "    | " + log[0]["sample"].split("\n")[0] in shown  # under the progress bar
+    (tmp_path / "again").mkdir()
+    again = train(tmp_path / "again", "--max-iters", "4", "--eval-interval", "2",
+                  "--sample-chars", "40")  # fmt: skip
+    assert [r["sample"] for r in again] == [r["sample"] for r in log]  # a fixed seed
+    train(tmp_path / "again", "--max-iters", "2", "--out", "n.pt", "--sample-chars", "0")
+    assert "sample" not in json.loads(bigram.log_path(tmp_path / "again" / "n.pt").read_text())
+
+
+def test_the_picture_of_the_run_is_drawn_beside_its_log(tmp_path):
+    pytest.importorskip("matplotlib")
+    train(tmp_path, "--max-iters", "4", "--eval-interval", "2")
+    assert (tmp_path / "run.pt.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_without_matplotlib_training_says_so_once_and_goes_on(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # as if it were not installed
+    train(tmp_path, "--max-iters", "6", "--eval-interval", "2")
+    out = capsys.readouterr().out
+    assert out.count("matplotlib is not installed (pip install matplotlib)") == 1
+    assert not (tmp_path / "run.pt.png").exists()
+
+
+def test_plot_draws_several_runs_into_one_picture(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    train(tmp_path, "--max-iters", "4", "--eval-interval", "2")
+    train(tmp_path, "--max-iters", "4", "--eval-interval", "2", "--lr", "1e-2", "--out", "b.pt")
+    capsys.readouterr()
+    logs = [str(tmp_path / "run.pt.jsonl"), str(tmp_path / "b.pt.jsonl")]
+    assert bigram.main(["--plot", *logs]) == 0
+    picture = tmp_path / "run.pt-vs-b.pt.png"
+    assert capsys.readouterr().out.strip() == f"wrote {picture}"
+    assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+# -----------------------------------------------------------------------------
+# Fine-tuning: --init-from
+
+
+def test_growing_the_vocabulary_keeps_the_trained_rows(tmp_path):
+    small = bigram.GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    trained = bigram.GPTLanguageModel(small).state_dict()
+    grown = bigram.GPTLanguageModel(bigram.GPTConfig(**{**vars(small), "vocab_size": 7}))
+    fresh_rows = grown.token_embedding.weight[5:].clone()
+    bigram.load_weights_growing_vocab(grown, trained, "trained.pt")
+    assert torch.equal(grown.token_embedding.weight[:5], trained["token_embedding.weight"])
+    assert torch.equal(grown.lm_head.weight[:5], trained["lm_head.weight"])
+    assert torch.equal(grown.token_embedding.weight[5:], fresh_rows)  # new characters: as trained
+    assert torch.equal(grown.blocks[0].attn.qkv.weight, trained["blocks.0.attn.qkv.weight"])
+
+
+def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsys):
+    train(tmp_path, "--max-iters", "60", "--eval-interval", "60")
+    source = tmp_path / "run.pt"
+    saved = source.read_bytes()
+    new_text = tmp_path / "new.txt"
+    new_text.write_text("zebra quartz vexed whiz jumpy! " * 800)  # letters the source lacks
+    capsys.readouterr()
+    tuned = tmp_path / "tuned.pt"
+    run_flags = TINY_RUN[len(TINY_MODEL) :]  # the shape comes from the checkpoint
+    argv = ["--init-from", str(source), "--data", str(new_text), "--out", str(tuned), *run_flags,
+            "--lr", "3e-3", "--max-iters", "40", "--eval-interval", "1"]  # fmt: skip
+    assert bigram.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"characters from {source}" in out and "added: " in out
+    log = [json.loads(line) for line in bigram.log_path(tuned).read_text().splitlines()]
+    assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.5
+    assert source.read_bytes() == saved
+    checkpoint = load_checkpoint(tuned)
+    vocab = load_checkpoint(source)["vocab"]
+    assert checkpoint["vocab"][: len(vocab)] == vocab  # the trained characters keep their ids
+    assert set(checkpoint["vocab"][len(vocab) :]) == set(new_text.read_text()) - set(vocab)
+
+
+def test_a_fine_tuned_model_is_named_after_its_corpus_and_its_source():
+    args = bigram.parse_args(["--init-from", "checkpoints/shakespeare.pt", "--data", "my.txt"])
+    assert bigram.checkpoint_path(args) == bigram.CHECKPOINT_DIR / "my-from-shakespeare.pt"

@@ -1,0 +1,104 @@
+"""Pictures of training runs, drawn from their JSONL logs with matplotlib when it is installed.
+
+    python bigram.py --plot checkpoints/a.pt.jsonl checkpoints/b.pt.jsonl   # compare two runs
+
+During training, bigram.py redraws the picture of its run (run.pt.png beside run.pt.jsonl) at
+every evaluation. matplotlib is optional: `pip install matplotlib`.
+"""
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+from files import UserError, atomic_file
+
+
+def read_log(path: Path) -> list[dict]:
+    """The evaluations of a training log (lines cut short by a kill are skipped)."""
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and math.isfinite(record.get("val_loss", math.nan)):
+            records.append(record)
+    return records
+
+
+def run_name(log: Path) -> str:
+    return log.name.removesuffix(".jsonl")
+
+
+def draw_runs(logs: list[Path], out: Path) -> None:
+    """Train and validation loss against steps (left) and validation loss against minutes
+    (right), one colour per run, each run's best validation loss marked."""
+    from matplotlib.figure import Figure  # no pyplot: no window, no global state
+
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    by_step, by_time = figure.subplots(1, 2, sharey=True)
+    for i, log in enumerate(logs):
+        records = read_log(log)
+        if not records:
+            continue
+        color, name = f"C{i}", run_name(log)
+        steps = [r["iter"] for r in records]
+        minutes = [r["elapsed_s"] / 60 for r in records]
+        val = [r["val_loss"] for r in records]
+        best = min(range(len(val)), key=val.__getitem__)
+        by_step.plot(steps, [r["train_loss"] for r in records], "--", color=color, alpha=0.6,
+                     label=f"{name} train")  # fmt: skip
+        for axes, x in ((by_step, steps), (by_time, minutes)):
+            axes.plot(x, val, "-", color=color, label=f"{name} val")
+            axes.plot(x[best], val[best], "o", color=color)
+            axes.annotate(f"best {val[best]:.4f}", (x[best], val[best]), xytext=(0, 7),
+                          textcoords="offset points", ha="center", fontsize=8)  # fmt: skip
+    by_step.set(xlabel="step", ylabel="loss (nats per character)", title="loss against steps")
+    by_time.set(xlabel="minutes", title="validation loss against time")
+    for axes in (by_step, by_time):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    with atomic_file(out) as f:  # redrawn while a viewer may have it open: never half-written
+        figure.savefig(f, format="png", dpi=90)
+
+
+class RunPicture:
+    """The picture of a run, redrawn at each evaluation. It is never a reason for training to
+    fail: without matplotlib, or when drawing fails, it says so once and draws no more."""
+
+    def __init__(self, path: Path, note: Callable[[str], None]):
+        self.path, self.note, self.enabled = path, note, True
+
+    def draw(self, logs: list[Path]) -> None:
+        if not self.enabled:
+            return
+        try:
+            draw_runs(logs, self.path)
+        except ImportError:
+            self.note("no picture of the run: matplotlib is not installed (pip install matplotlib)")
+            self.enabled = False
+        except Exception as e:  # a picture is a nicety: training goes on without it
+            self.note(f"no picture of the run: drawing failed ({type(e).__name__}: {e})")
+            self.enabled = False
+
+
+def comparison_path(logs: list[Path]) -> Path:
+    """run.pt.jsonl -> run.pt.png; several runs -> a.pt-vs-b.pt.png beside the first."""
+    names = "-vs-".join(run_name(log) for log in logs[:3]) + ("-vs-more" if len(logs) > 3 else "")
+    return logs[0].with_name(names + ".png")
+
+
+def plot_logs(logs: list[Path]) -> Path:
+    """Draw finished runs into one picture; returns its path."""
+    for log in logs:
+        if not log.is_file():
+            raise UserError(f"--plot: training log {log} not found")
+        if not read_log(log):
+            raise UserError(f"--plot: {log} holds no evaluation (is it a training log?)")
+    out = comparison_path(logs)
+    try:
+        draw_runs(logs, out)
+    except ImportError:
+        raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    return out
