@@ -576,6 +576,9 @@ class TrainConfig:
     seed: int = 1337
     init_from: str = ""  # fine-tuning: the trained checkpoint whose weights the run starts from
     sample_chars: int = 200  # a sample of this many characters at each evaluation (0: none)
+    exhaustive_eval: bool = (
+        False  # score the whole val split at every evaluation, not just at the end
+    )
 
 
 MODEL_SHAPE = ("model", "n_layer", "n_head", "n_embd", "block_size")
@@ -619,6 +622,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"],
                    help="autocast precision; auto: bfloat16 where the hardware has it")  # fmt: skip
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="use torch.compile")
+    p.add_argument("--exhaustive-eval", action=argparse.BooleanOptionalAction,
+                   help="score every val character at each evaluation too")  # fmt: skip
     p.add_argument("--backend", choices=["nccl", "gloo"], help="torchrun: distributed backend")
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--plot", nargs="+", type=Path, metavar="RUN.jsonl",
@@ -720,6 +725,40 @@ def estimate_loss(model, splits: dict, config: TrainConfig, device, dtype) -> di
     return losses
 
 
+LN2 = math.log(2)  # nats per bit: a loss in nats over LN2 is bits per character
+EXHAUSTIVE_MAX_CHARS = 2_000_000  # a Reddit-sized split is scored on its first 2M characters
+
+
+@torch.no_grad()
+def exhaustive_val_loss(model, data: np.ndarray, block_size: int, device, dtype) -> float:
+    """Every validation character scored once, in consecutive windows of block_size: the same
+    mean context as estimate_loss's random windows (each restarts its context), without their
+    sampling noise. The figure to compare runs by."""
+    data = data[: EXHAUSTIVE_MAX_CHARS + 1]
+    total, count = 0.0, 0
+    model.eval()
+    rows_per_batch = 64
+    for start in range(0, len(data) - 1, rows_per_batch * block_size):
+        chunk = torch.from_numpy(
+            data[start : start + rows_per_batch * block_size + 1].astype(np.int64)
+        )
+        x, y = chunk[:-1], chunk[1:]
+        full = len(x) // block_size * block_size
+        # Whole windows as one batch, then the split's last, shorter window on its own.
+        for xs, ys in ((x[:full].view(-1, block_size), y[:full].view(-1, block_size)),
+                       (x[full:][None], y[full:][None])):  # fmt: skip
+            if ys.numel() == 0:
+                continue
+            with autocast(device, dtype):
+                logits, _ = model(xs.to(device))
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), ys.to(device).flatten(), reduction="sum"
+            )
+            total, count = total + loss.item(), count + ys.numel()
+    model.train()
+    return total / count
+
+
 def learning_rate(progress: float, step: int, config: TrainConfig) -> float:
     """Linear warmup, then cosine decay to min_lr as progress (0..1) goes to 1."""
     if step < config.warmup_iters:
@@ -784,12 +823,14 @@ def append_log(path: Path, record: dict) -> None:
 
 
 def trim_log(path: Path, last_iter: int) -> None:
-    """On resume, drop log lines past the checkpoint: those iterations are about to be redone."""
+    """On resume, drop log lines past the checkpoint (those iterations are about to be redone)
+    and the summary that ended the interrupted run (the resumed run will write its own)."""
     if path.exists():
         kept = []
         for line in path.read_text().splitlines():
             try:
-                if json.loads(line)["iter"] <= last_iter:
+                record = json.loads(line)
+                if record["iter"] <= last_iter and "val_loss" in record:  # not a run's summary
                     kept.append(line + "\n")
             except (ValueError, KeyError, TypeError):
                 pass  # a line cut short by a kill: drop it
@@ -1062,7 +1103,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> float:
         nonlocal best_val_loss, best_iter
         losses = estimate_loss(model, splits, config, device, dtype)
-        val_bpc = losses["val"] / math.log(2)
+        val_bpc = losses["val"] / LN2
         record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
         record |= {"val_bpc": val_bpc, "lr": optimizer.param_groups[0]["lr"]}
         record |= {"tokens_per_sec": tokens_per_sec, "elapsed_s": elapsed}
@@ -1070,6 +1111,12 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
             f"iter {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
             f"({val_bpc:.3f} bits/char)"
         )
+        if config.exhaustive_eval and math.isfinite(losses["val"]):
+            exhaustive = exhaustive_val_loss(model, val_data, config.block_size, device, dtype)
+            record |= {"exhaustive_val_loss": exhaustive, "exhaustive_val_bpc": exhaustive / LN2}
+            bar.write(
+                f"    exhaustive val loss {exhaustive:.4f} ({exhaustive / LN2:.3f} bits/char)"
+            )
         if config.sample_chars and math.isfinite(losses["val"]):
             with autocast(device, dtype):
                 record["sample"] = training_sample(
@@ -1144,6 +1191,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
             val_loss = evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
             bad_loss = None if math.isfinite(val_loss) else val_loss
     if ddp.world_size > 1:
+        dist.barrier()  # leave together: gloo can abort a process whose peer has already gone
         dist.destroy_process_group()
     if not ddp.is_main:
         return None
@@ -1158,6 +1206,16 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
         )
     if not math.isfinite(best_val_loss):
         raise UserError(f"the run stopped at iter {it} before any evaluation ({why}): {kept}")
+    # The figure to compare runs by: the saved (best) model on every val character.
+    model.load_state_dict(torch.load(config.out, map_location=device, weights_only=True)["model"])
+    exhaustive = exhaustive_val_loss(model, val_data, config.block_size, device, dtype)
+    scored = min(len(val_data) - 1, EXHAUSTIVE_MAX_CHARS)
+    final = {"exhaustive_val_loss": exhaustive, "exhaustive_val_bpc": exhaustive / LN2}
+    append_log(log, {"iter": best_iter, **final, "val_chars_scored": scored})
+    print(
+        f"exhaustive val loss {exhaustive:.4f} ({exhaustive / LN2:.3f} bits/char): the best model "
+        f"on every one of {scored:,} val characters"
+    )
     return f"best val loss {best_val_loss:.4f} at iter {best_iter} -> {config.out}"
 
 

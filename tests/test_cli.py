@@ -139,7 +139,7 @@ def test_the_log_adds_to_the_checkpoint_name_so_it_never_replaces_a_corpus(tmp_p
     for out in ("m.v1", "m.v2", "x.jsonl"):  # each run has its own log, none inside a checkpoint
         assert train(tmp_path, "--data", "run.jsonl", "--out", out).returncode == 0
         assert load_checkpoint(tmp_path / out)["iter"] == 2
-        assert len((tmp_path / f"{out}.jsonl").read_text().splitlines()) == 1
+        assert len((tmp_path / f"{out}.jsonl").read_text().splitlines()) == 2  # eval, summary
 
 
 def test_no_output_of_a_run_may_be_its_corpus(tmp_path, capsys):

@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 
+import numpy as np
 import pytest
 import torch
 from support import REPO, TINY_MODEL, TINY_RUN, write_corpus
@@ -28,7 +29,8 @@ def train(tmp_path, *flags: str) -> list[dict]:
         flags.pop(at - 1)
     argv = ["--data", str(corpus), "--out", str(out), *TINY_RUN, "--lr", "3e-3", *flags]
     assert bigram.main(argv) == 0
-    return [json.loads(line) for line in bigram.log_path(out).read_text().splitlines()]
+    records = [json.loads(line) for line in bigram.log_path(out).read_text().splitlines()]
+    return [r for r in records if "val_loss" in r]  # the evaluations, not the final summary
 
 
 def test_loss_falls_on_a_small_corpus(tmp_path, capsys):
@@ -124,11 +126,13 @@ def test_short_run_on_tiny_shakespeare_learns(tmp_path):
     assert load_checkpoint(out)["best_val_loss"] < 2.3
 
 
-def test_resume_drops_log_lines_past_the_checkpoint_and_cut_lines(tmp_path):
+def test_resume_drops_log_lines_past_the_checkpoint_its_summary_and_cut_lines(tmp_path):
     log = tmp_path / "run.pt.jsonl"
-    log.write_text('{"iter": 5}\n{"iter": 10}\n{"iter": 15}\n{"iter": 2')  # killed mid-write
+    evaluations = [f'{{"iter": {i}, "val_loss": 2.0}}\n' for i in (5, 10, 15)]
+    summary = '{"iter": 10, "exhaustive_val_loss": 2.0}\n'  # the end of the interrupted run
+    log.write_text("".join(evaluations) + summary + '{"iter": 2')  # killed mid-write
     bigram.trim_log(log, 10)
-    assert log.read_text() == '{"iter": 5}\n{"iter": 10}\n'
+    assert log.read_text() == "".join(evaluations[:2])
 
 
 # -----------------------------------------------------------------------------
@@ -147,7 +151,8 @@ def test_each_evaluation_writes_a_sample_with_the_same_seed(tmp_path, capsys):
                   "--sample-chars", "40")  # fmt: skip
     assert [r["sample"] for r in again] == [r["sample"] for r in log]  # a fixed seed
     train(tmp_path / "again", "--max-iters", "2", "--out", "n.pt", "--sample-chars", "0")
-    assert "sample" not in json.loads(bigram.log_path(tmp_path / "again" / "n.pt").read_text())
+    first = bigram.log_path(tmp_path / "again" / "n.pt").read_text().splitlines()[0]
+    assert "sample" not in json.loads(first)
 
 
 def test_the_picture_of_the_run_is_drawn_beside_its_log(tmp_path):
@@ -207,6 +212,7 @@ def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsy
     out = capsys.readouterr().out
     assert f"characters from {source}" in out and "added: " in out
     log = [json.loads(line) for line in bigram.log_path(tuned).read_text().splitlines()]
+    log = [r for r in log if "val_loss" in r]
     assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.5
     assert source.read_bytes() == saved
     checkpoint = load_checkpoint(tuned)
@@ -218,3 +224,39 @@ def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsy
 def test_a_fine_tuned_model_is_named_after_its_corpus_and_its_source():
     args = bigram.parse_args(["--init-from", "checkpoints/shakespeare.pt", "--data", "my.txt"])
     assert bigram.checkpoint_path(args) == bigram.CHECKPOINT_DIR / "my-from-shakespeare.pt"
+
+
+# -----------------------------------------------------------------------------
+# The exhaustive validation loss
+
+
+@pytest.mark.parametrize("length", [100, 64 * 16 * 2 + 37])  # one batch; several and a tail
+def test_exhaustive_val_loss_scores_every_character_once(length):
+    torch.manual_seed(0)
+    config = bigram.GPTConfig(vocab_size=7, block_size=16, n_layer=1, n_head=2, n_embd=8)
+    model = bigram.GPTLanguageModel(config).eval()
+    data = np.random.default_rng(0).integers(0, 7, length).astype(np.uint8)
+    total, count = 0.0, 0
+    for start in range(0, length - 1, 16):  # window by window, the context restarting at each
+        x = torch.from_numpy(data[start : start + 16].astype(np.int64))[None]
+        y = torch.from_numpy(data[start + 1 : start + 17].astype(np.int64))[None]
+        x = x[:, : y.shape[1]]
+        with torch.no_grad():
+            loss = torch.nn.functional.cross_entropy(model(x)[0][0], y[0], reduction="sum")
+        total, count = total + loss.item(), count + y.numel()
+    assert count == length - 1
+    exhaustive = bigram.exhaustive_val_loss(model, data, 16, "cpu", torch.float32)
+    assert exhaustive == pytest.approx(total / count, rel=1e-5)
+
+
+def test_a_run_ends_with_the_exhaustive_loss_of_its_best_model(tmp_path, capsys):
+    log = train(tmp_path, "--max-iters", "6", "--eval-interval", "2", "--exhaustive-eval")
+    assert all("exhaustive_val_loss" in r for r in log)  # at every evaluation, when asked
+    final = json.loads(bigram.log_path(tmp_path / "run.pt").read_text().splitlines()[-1])
+    best = min(log, key=lambda r: r["val_loss"])
+    assert final["iter"] == best["iter"]
+    assert final["exhaustive_val_loss"] == pytest.approx(best["exhaustive_val_loss"])
+    assert final["exhaustive_val_bpc"] == pytest.approx(final["exhaustive_val_loss"] / math.log(2))
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith(f"exhaustive val loss {final['exhaustive_val_loss']:.4f} (")
+    assert lines[-1].startswith("best val loss")
