@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="also write the text to this (new) file")
     p.add_argument("--overwrite", action="store_true", help="let --output replace a file")
     p.add_argument("--no-kv-cache", action="store_true", help="slow reference path")
+    p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "fastest"], default="auto",
+                   help="CPU weights: auto is reproducible; fastest times both here")  # fmt: skip
     p.add_argument(
         "-i", "--interactive", action="store_true", help="continue prompts typed line by line"
     )
@@ -78,16 +80,16 @@ def check_args(args: argparse.Namespace) -> None:
     check_seed(args.seed)
 
 
-def checkpoint_path(args: argparse.Namespace) -> Path:
+def checkpoint_to_load(args: argparse.Namespace) -> Path:
     return args.checkpoint or CHECKPOINT_DIR / f"{args.dataset}.pt"
 
 
-def check_output(args: argparse.Namespace) -> None:
+def check_output_file(args: argparse.Namespace) -> None:
     """--output is written last: make sure now that it can be, and that it destroys nothing."""
     output = args.output
     if not output.parent.is_dir():
         raise UserError(f"--output: folder {output.parent} does not exist")
-    inputs = {"the checkpoint": checkpoint_path(args)}
+    inputs = {"the checkpoint": checkpoint_to_load(args)}
     if args.prompt_file is not None:
         inputs["the prompt file"] = args.prompt_file
     files.check_output(output, "--output", inputs)
@@ -114,7 +116,7 @@ def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.device]:
     """The checkpoint's model, ready to sample on the chosen device, and its vocabulary."""
     device = resolve_device(args.device)
-    path = checkpoint_path(args)
+    path = checkpoint_to_load(args)
     if files.unreadable_reason(path) == "not found":
         train = f"python bigram.py --dataset {args.dataset}"
         if args.checkpoint:
@@ -122,9 +124,23 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.de
         raise UserError(f"checkpoint {path} not found; train one first with: {train}")
     checkpoint = load_checkpoint(path, device)
     model = model_from_checkpoint(checkpoint, device, path).eval()
-    if device.type == "cpu" and cpu_has_native_bf16():
-        model = faster_cpu_weights(model, args.num_samples)
+    if device.type == "cpu":
+        model = cpu_weights(model, args.weights, args.num_samples)
     return model, checkpoint["vocab"], device
+
+
+def cpu_weights(model: nn.Module, choice: str, batch_size: int) -> nn.Module:
+    """The weights a CPU generates with (--weights). auto is a fixed rule, so that a seed always
+    writes the same text: float32 for one sample, which reads every weight for every character,
+    and bf16 from 4 samples on CPUs with bf16 instructions, where the products become small
+    matrix products that bf16 runs about twice as fast. fastest times both here instead: faster
+    still where the bf16 weights fit the CPU's cache, but then a seed's text can depend on the
+    pick. Casting once beats autocast casting the weights at every step."""
+    if choice == "bfloat16" or (choice == "auto" and batch_size >= 4 and cpu_has_native_bf16()):
+        return model.to(torch.bfloat16)
+    if choice == "fastest":
+        return faster_cpu_weights(model, batch_size)
+    return model
 
 
 def seconds_per_step(model: nn.Module, batch_size: int) -> float:
@@ -139,14 +155,12 @@ def seconds_per_step(model: nn.Module, batch_size: int) -> float:
 
 
 def faster_cpu_weights(model: nn.Module, batch_size: int) -> nn.Module:
-    """float32 or bf16 weights, whichever generates faster here, measured (about 0.3 s).
+    """float32 or bf16 weights, whichever generates faster here, measured (a few dozen steps).
 
-    Generation reads every weight for every character. bf16 weights halve those bytes, and where
-    all of them then fit in the CPU's cache they run several times faster; from about 4 samples
-    the products become small matrix products, which bf16 runs faster on CPUs with bf16
-    instructions. But which wins depends on the CPU's cache and instructions, not on its name:
-    the same code has ranked differently on two server CPUs, so it is timed rather than guessed.
-    Casting once beats autocast casting the weights at every step.
+    Generation reads every weight for every character. bf16 weights halve those bytes, which
+    pays where all of them then fit in the CPU's cache; which wins depends on the CPU's cache
+    and instructions, not on its name (the same code has ranked differently on two server
+    CPUs), so it is timed rather than guessed.
     """
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     times = {m: min(seconds_per_step(m, batch_size) for _ in range(2)) for m in (model, bf16)}
@@ -160,7 +174,7 @@ def autocast_dtype(device: torch.device) -> torch.dtype:
 def generate(args: argparse.Namespace) -> None:
     check_args(args)
     if args.output is not None:
-        check_output(args)
+        check_output_file(args)
     model, vocab, device = load_model(args)
     prompt = read_prompt(args, vocab)
     try:
@@ -416,7 +430,7 @@ def interactive(args: argparse.Namespace) -> None:
             except ImportError:
                 pass
         context = f"a context of {model.config.block_size} characters"
-        say(f"{checkpoint_path(args)} ({context}): type a line to continue it, :help for help")
+        say(f"{checkpoint_to_load(args)} ({context}): type a line to continue it, :help for help")
         say(describe(session))
     try:
         while run_line(session, read_line("> " if terminal else "")):

@@ -470,17 +470,22 @@ def config_from_checkpoint(checkpoint: dict, path: Path) -> tuple[str, GPTConfig
     return model_type, config
 
 
-def load_weights_growing_vocab(model: nn.Module, weights: dict, source: str) -> None:
+def load_weights_growing_vocab(
+    model: nn.Module, weights: dict, old_vocab: int, source: str
+) -> None:
     """A trained model's weights, into a model whose vocabulary may be larger: the rows of the
     trained characters (embedding, head, bigram table) are copied, the rows of new characters
-    keep the fresh initialisation that training gives them."""
+    keep the fresh initialisation that training gives them. Only vocabulary sizes may differ."""
     own = model.state_dict()  # shares storage with the parameters
+    new_vocab = model.config.vocab_size
     try:
         if weights.keys() != own.keys():
             raise ValueError("different parameter names")
         for name, weight in weights.items():
             target = own[name]
-            if weight.dim() != target.dim() or any(map(int.__gt__, weight.shape, target.shape)):
+            sizes = zip(weight.shape, target.shape, strict=False)
+            fits = all(a == b or (a, b) == (old_vocab, new_vocab) for a, b in sizes)
+            if weight.dim() != target.dim() or not fits:
                 raise ValueError(f"{name} has shape {tuple(weight.shape)}")
             with torch.no_grad():
                 target[tuple(slice(0, n) for n in weight.shape)].copy_(weight)
@@ -576,9 +581,8 @@ class TrainConfig:
     seed: int = 1337
     init_from: str = ""  # fine-tuning: the trained checkpoint whose weights the run starts from
     sample_chars: int = 200  # a sample of this many characters at each evaluation (0: none)
-    exhaustive_eval: bool = (
-        False  # score the whole val split at every evaluation, not just at the end
-    )
+    # Score every val character at each evaluation too, not only at the end of the run.
+    exhaustive_eval: bool = False
 
 
 MODEL_SHAPE = ("model", "n_layer", "n_head", "n_embd", "block_size")
@@ -964,7 +968,9 @@ def check_paths(config: TrainConfig, resume: bool) -> None:
     if resume:
         return
     if out.exists() or out.is_symlink():  # a new run must never replace a trained model
-        raise UserError(f"{out} exists: continue it with --resume, or train into another --out")
+        raise UserError(
+            f"{out} exists: continue it with --resume --out {out}, or train into another --out"
+        )
     if log_path(out).exists():
         raise UserError(
             f"{log_path(out)} exists (the log of an earlier run): remove it, or use another --out"
@@ -994,6 +1000,16 @@ def load_starting_point(args: argparse.Namespace) -> dict:
     return source
 
 
+def check_same_corpus(given: Path, saved: Path, out: Path) -> None:
+    """--resume continues a run on its own corpus: another one is a mistake (say, --out forgotten
+    and the default checkpoint resumed), unless the saved one has gone (moved)."""
+    if saved.exists() and not files.same_file(given, saved):
+        raise UserError(
+            f"--resume continues {out}, which trained on {saved}, not {given}: "
+            "give that run's --out, or drop --data"
+        )
+
+
 def shape_of(checkpoint: dict) -> dict:
     """The TrainConfig settings that a checkpoint's model fixes."""
     args = checkpoint["model_args"]
@@ -1006,6 +1022,8 @@ def prepare_run(args: argparse.Namespace, device: torch.device, ddp: Distributed
     out = checkpoint_path(args)
     checkpoint = load_resumable(out) if args.resume else None
     source = load_starting_point(args) if args.init_from else None
+    if checkpoint is not None and args.data:
+        check_same_corpus(Path(args.data), Path(checkpoint["config"].get("data", args.data)), out)
     config = make_config(args, device, checkpoint["config"] if checkpoint else None)
     if source is not None:
         config = replace(config, **shape_of(source))
@@ -1043,7 +1061,8 @@ def train(args: argparse.Namespace) -> str | None:
     out = checkpoint_path(args)
     files.check_output(out, "checkpoint", {})  # its folder must exist for the lock file
     with files.exclusive_lock(out, "checkpoint"):  # one run per checkpoint at a time
-        files.remove_stale_temps(out)  # a killed save's leftovers: nobody else writes them now
+        for written in (out, log_path(out).with_suffix(".png")):  # a killed save's leftovers:
+            files.remove_stale_temps(written)  # nobody else writes them while we hold the lock
         return run(args, ddp, device)
 
 
@@ -1074,7 +1093,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     start_iter, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     log = log_path(Path(config.out))
     if source is not None:
-        load_weights_growing_vocab(model, source["model"], config.init_from)
+        load_weights_growing_vocab(model, source["model"], len(source["vocab"]), config.init_from)
     if checkpoint is not None:
         try:
             model.load_state_dict(checkpoint["model"])
@@ -1207,7 +1226,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     if not math.isfinite(best_val_loss):
         raise UserError(f"the run stopped at iter {it} before any evaluation ({why}): {kept}")
     # The figure to compare runs by: the saved (best) model on every val character.
-    model.load_state_dict(torch.load(config.out, map_location=device, weights_only=True)["model"])
+    model.load_state_dict(load_checkpoint(Path(config.out), device)["model"])
     exhaustive = exhaustive_val_loss(model, val_data, config.block_size, device, dtype)
     scored = min(len(val_data) - 1, EXHAUSTIVE_MAX_CHARS)
     final = {"exhaustive_val_loss": exhaustive, "exhaustive_val_bpc": exhaustive / LN2}

@@ -66,14 +66,11 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
         raise
 
 
-def remove_stale_temps(path: Path) -> list[Path]:
+def remove_stale_temps(path: Path) -> None:
     """Delete the temporary files of atomic_file(path) that a killed process left behind.
     Call it only while holding path's lock: then no live process is writing them."""
-    removed = []
     for tmp in path.parent.glob(glob.escape(path.name) + ".????????.tmp"):
         tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
 
 
 def unreadable_reason(path: Path) -> str | None:
@@ -145,11 +142,13 @@ def _try_lock(f) -> bool:
 
 @contextmanager
 def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold path + '.lock' while the block runs; another process asking for it meanwhile gets a
-    UserError. The operating system drops the lock when its holder ends, however it ends, so a
-    killed run never leaves a path locked for good."""
+    """Hold a lock on path + '.lock' while the block runs; another process asking for it
+    meanwhile gets a UserError. The operating system drops the lock when its holder ends, however
+    it ends, so a killed run never leaves a path locked for good. The lock file is only opened,
+    never written; it is removed afterwards only if this process created it."""
     lock_path = path.with_name(path.name + ".lock")
     while True:
+        created = not lock_path.exists()
         try:
             f = lock_path.open("a")
         except OSError as e:
@@ -169,10 +168,8 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
-            lock_path.unlink()  # before releasing it, so that nobody locks a removed file
-        except OSError:
-            pass
+        if created:  # before releasing it, so that nobody locks a removed file
+            lock_path.unlink(missing_ok=True)
         f.close()
 
 
@@ -231,7 +228,9 @@ class ForgivingStream:
 
     def give_up(self) -> None:
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
         except (OSError, ValueError):
             pass
         self.stream = None

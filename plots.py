@@ -13,16 +13,26 @@ from pathlib import Path
 
 from files import UserError, atomic_file
 
+PLOTTED = ("iter", "train_loss", "val_loss", "elapsed_s")
+
+
+def is_evaluation(record) -> bool:
+    """A log line with every number a picture needs (not a summary, not a cut or foreign line)."""
+    if not isinstance(record, dict):
+        return False
+    values = [record.get(key) for key in PLOTTED]
+    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+
 
 def read_log(path: Path) -> list[dict]:
     """The evaluations of a training log (lines cut short by a kill are skipped)."""
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and math.isfinite(record.get("val_loss", math.nan)):
+        if is_evaluation(record):
             records.append(record)
     return records
 
@@ -101,4 +111,6 @@ def plot_logs(logs: list[Path]) -> Path:
         draw_runs(logs, out)
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
+    except OSError as e:
+        raise UserError(f"--plot: cannot write {out}: {e.strerror}") from None
     return out

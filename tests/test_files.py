@@ -110,4 +110,17 @@ def test_a_lock_is_exclusive_and_a_killed_holder_leaves_it_free(tmp_path):
         holder.stdout.close()
     with exclusive_lock(path, "checkpoint"):  # the kernel released the dead holder's lock
         assert (tmp_path / "run.pt.lock").exists()
-    assert not (tmp_path / "run.pt.lock").exists()  # removed once released
+    assert (tmp_path / "run.pt.lock").exists()  # the dead holder's file, not ours to remove
+
+
+def test_a_lock_never_changes_a_file_that_has_its_name(tmp_path):
+    (tmp_path / "notes.txt.lock").write_text("the user's own file")
+    with exclusive_lock(tmp_path / "notes.txt", "checkpoint"):
+        pass
+    assert (tmp_path / "notes.txt.lock").read_text() == "the user's own file"
+
+
+def test_a_lock_file_this_process_created_is_removed_afterwards(tmp_path):
+    with exclusive_lock(tmp_path / "run.pt", "checkpoint"):
+        assert (tmp_path / "run.pt.lock").exists()
+    assert not (tmp_path / "run.pt.lock").exists()

@@ -175,8 +175,19 @@ def test_bf16_weights_change_the_next_character_distribution_by_rounding_only(ch
 
 
 @pytest.mark.parametrize("faster", [torch.float32, torch.bfloat16])
-def test_model_py_keeps_the_weights_that_generate_faster(checkpoint, monkeypatch, faster):
+def test_weights_fastest_keeps_the_weights_that_generate_faster(checkpoint, monkeypatch, faster):
     model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
     timed = lambda m, batch: 1.0 if next(m.parameters()).dtype == faster else 2.0
     monkeypatch.setattr(MODEL, "seconds_per_step", timed)
     assert next(MODEL.faster_cpu_weights(model, 1).parameters()).dtype == faster
+
+
+def test_default_weights_follow_a_fixed_rule_so_a_seed_writes_the_same_text(
+    checkpoint, monkeypatch
+):
+    model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
+    monkeypatch.setattr(MODEL, "seconds_per_step", lambda m, batch: pytest.fail("timed"))
+    dtype = lambda batch: next(MODEL.cpu_weights(model, "auto", batch).parameters()).dtype
+    assert dtype(1) == torch.float32  # never timed: the same on every run
+    expected = torch.bfloat16 if bigram.cpu_has_native_bf16() else torch.float32
+    assert dtype(8) == expected

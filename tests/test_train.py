@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from support import REPO, TINY_MODEL, TINY_RUN, write_corpus
+from support import REPO, TINY_MODEL, TINY_RUN, main_error, write_corpus
 
 import bigram
 from bigram import load_checkpoint
@@ -190,11 +190,14 @@ def test_growing_the_vocabulary_keeps_the_trained_rows(tmp_path):
     trained = bigram.GPTLanguageModel(small).state_dict()
     grown = bigram.GPTLanguageModel(bigram.GPTConfig(**{**vars(small), "vocab_size": 7}))
     fresh_rows = grown.token_embedding.weight[5:].clone()
-    bigram.load_weights_growing_vocab(grown, trained, "trained.pt")
+    bigram.load_weights_growing_vocab(grown, trained, 5, "trained.pt")
     assert torch.equal(grown.token_embedding.weight[:5], trained["token_embedding.weight"])
     assert torch.equal(grown.lm_head.weight[:5], trained["lm_head.weight"])
     assert torch.equal(grown.token_embedding.weight[5:], fresh_rows)  # new characters: as trained
     assert torch.equal(grown.blocks[0].attn.qkv.weight, trained["blocks.0.attn.qkv.weight"])
+    wider = bigram.GPTLanguageModel(bigram.GPTConfig(**{**vars(small), "n_embd": 16}))
+    with pytest.raises(bigram.UserError, match="weights do not fit"):  # only the vocabulary grows
+        bigram.load_weights_growing_vocab(wider, trained, 5, "trained.pt")
 
 
 def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsys):
@@ -260,3 +263,11 @@ def test_a_run_ends_with_the_exhaustive_loss_of_its_best_model(tmp_path, capsys)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith(f"exhaustive val loss {final['exhaustive_val_loss']:.4f} (")
     assert lines[-1].startswith("best val loss")
+
+
+def test_plot_refuses_what_is_not_a_training_log_in_one_line(tmp_path, capsys):
+    (tmp_path / "binary.pt").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "odd.jsonl").write_text('{"val_loss": 1.0}\n{"iter": 2, "val_loss": "x"}\n')
+    for log in ("binary.pt", "odd.jsonl", "missing.jsonl"):
+        line = main_error(bigram.main, ["--plot", str(tmp_path / log)], capsys)
+        assert "--plot" in line
