@@ -8,6 +8,7 @@ Importing this file has no side effects: MODEL.py imports the model and the chec
 """
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -1210,7 +1211,11 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
             val_loss = evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
             bad_loss = None if math.isfinite(val_loss) else val_loss
     if ddp.world_size > 1:
-        dist.barrier()  # leave together: gloo can abort a process whose peer has already gone
+        # DDP holds the process group inside reference cycles: free it now, not while Python shuts
+        # down, when gloo's threads can no longer be joined and the process aborts.
+        del forward
+        gc.collect()
+        dist.barrier()  # leave together
         dist.destroy_process_group()
     if not ddp.is_main:
         return None

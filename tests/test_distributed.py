@@ -1,5 +1,6 @@
 """torchrun and DDP on the CPU with gloo: the same update, one checkpoint, a clean failure."""
 
+import gc
 import json
 import os
 import signal
@@ -38,10 +39,13 @@ def one_ddp_step(rank: int, world_size: int, port: int, out: str) -> None:
     model, optimizer = fresh_model_and_optimizer()
     cpu, fp32 = torch.device("cpu"), torch.float32
     batch = fixed_batches(2)[rank]  # each rank its own half of the batch
-    train_step(DDP(model), optimizer, make_scaler(cpu, fp32), [batch], 1.0, cpu, fp32)
+    wrapped = DDP(model)
+    train_step(wrapped, optimizer, make_scaler(cpu, fp32), [batch], 1.0, cpu, fp32)
     if rank == 0:
         torch.save(model.state_dict(), out)
-    dist.barrier()  # leave together: gloo can abort a process whose peer has already gone
+    del wrapped  # as bigram.run does: free DDP's cycles before the process group goes
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
