@@ -964,7 +964,7 @@ def check_paths(config: TrainConfig, resume: bool) -> None:
     inputs = {"the corpus (--data)": data}
     if config.init_from:
         inputs["the checkpoint it starts from (--init-from)"] = Path(config.init_from)
-    files.check_output(out, "checkpoint", inputs)
+    files.check_not_input(out, "checkpoint", inputs)  # train() checked it can be written
     files.check_output(log_path(out), "training log", inputs | {"the checkpoint": out})
     if resume:
         return
@@ -1060,7 +1060,7 @@ def train(args: argparse.Namespace) -> str | None:
     if not ddp.is_main:
         return run(args, ddp, device)
     out = checkpoint_path(args)
-    files.check_output(out, "checkpoint", {})  # its folder must exist for the lock file
+    files.check_writable(out, "checkpoint")  # and its folder exists, for the lock file
     with files.exclusive_lock(out, "checkpoint"):  # one run per checkpoint at a time
         for written in (out, log_path(out).with_suffix(".png")):  # a killed save's leftovers:
             files.remove_stale_temps(written)  # nobody else writes them while we hold the lock
@@ -1120,8 +1120,8 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     splits = {"train": train_data, "val": val_data}
     best_iter = start_iter
 
-    def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> float:
-        nonlocal best_val_loss, best_iter
+    def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> None:
+        nonlocal best_val_loss, best_iter, bad_loss
         losses = estimate_loss(model, splits, config, device, dtype)
         val_bpc = losses["val"] / LN2
         record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
@@ -1159,7 +1159,8 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
                 "elapsed_s": elapsed,
             }
             save_checkpoint(checkpoint, Path(config.out))
-        return losses["val"]
+        if not math.isfinite(losses["val"]):
+            bad_loss = losses["val"]
 
     bar = tqdm(total=config.max_iters, initial=start_iter, unit="it", disable=not ddp.is_main)
     picture = plots.RunPicture(log.with_suffix(".png"), note=bar.write)
@@ -1204,12 +1205,10 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
                     loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}"
                 )
             if it % config.eval_interval == 0 and ddp.is_main and bad_loss is None:
-                val_loss = evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
-                bad_loss = None if math.isfinite(val_loss) else val_loss
+                evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
                 last_eval = it
         if it != last_eval and ddp.is_main and bad_loss is None:
-            val_loss = evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
-            bad_loss = None if math.isfinite(val_loss) else val_loss
+            evaluate_and_save(it, time.perf_counter() - t_start, tokens_per_sec)
     if ddp.world_size > 1:
         # DDP holds the process group inside reference cycles: free it now, not while Python shuts
         # down, when gloo's threads can no longer be joined and the process aborts.
@@ -1231,7 +1230,8 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     if not math.isfinite(best_val_loss):
         raise UserError(f"the run stopped at iter {it} before any evaluation ({why}): {kept}")
     # The figure to compare runs by: the saved (best) model on every val character.
-    model.load_state_dict(load_checkpoint(Path(config.out), device)["model"])
+    if best_iter != it:  # the weights in memory moved on since the best evaluation
+        model.load_state_dict(load_checkpoint(Path(config.out), device)["model"])
     exhaustive = exhaustive_val_loss(model, val_data, config.block_size, device, dtype)
     scored = min(len(val_data) - 1, EXHAUSTIVE_MAX_CHARS)
     final = {"exhaustive_val_loss": exhaustive, "exhaustive_val_bpc": exhaustive / LN2}

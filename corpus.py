@@ -423,7 +423,6 @@ def build_cache(
 ) -> None:
     """Two passes over the source, each streamed: count the characters, then write the tokens."""
     print(f"preparing {path}: reading it twice, then caching the tokens in {tokens_path}")
-    tokens_path.parent.mkdir(parents=True, exist_ok=True)
     rarfile.HACK_TMP_DIR = str(tokens_path.parent)  # rarfile's temporary copies stay in the cache
     skipped: list[str] = []
     with read_errors(path):

@@ -103,14 +103,23 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def check_output(path: Path, what: str, inputs: dict[str, Path]) -> None:
-    """Fail now rather than at the first save: path is not one of the inputs, its folder exists
-    (or can be made) and a file with path's name (plus atomic_file's suffix) can be created there.
+    """Fail now rather than at the first save: path is none of the inputs, and it can be written.
 
     inputs maps a description ("the corpus (--data)") to the path it names.
     """
+    check_not_input(path, what, inputs)
+    check_writable(path, what)
+
+
+def check_not_input(path: Path, what: str, inputs: dict[str, Path]) -> None:
     for description, source in inputs.items():
         if same_file(path, source):
             raise UserError(f"{what} {path} is {description}: writing it would destroy it")
+
+
+def check_writable(path: Path, what: str) -> None:
+    """path's folder exists (or is made) and a file with path's name (plus atomic_file's suffix)
+    can be created there."""
     if path.is_dir():
         raise UserError(f"{what} {path} is a folder; give a file path such as {path / 'run.pt'}")
     if path.exists() and not path.is_file():
