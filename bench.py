@@ -2,6 +2,7 @@
 
     python bench.py                         # all sections, reference configuration (gpu preset)
     python bench.py --preset cpu            # another preset; --n-layer, --batch-size... override
+    python bench.py --arch classic          # the other architecture (default: the preset's)
     python bench.py --only train,generate   # some sections: matmul, train, generate, corpus
     python bench.py --json bench.json       # also write the results as JSON
     python bench.py --skip-original         # leave out the original code (saves a minute)
@@ -173,7 +174,7 @@ def original_get_batch(data: torch.Tensor, block_size: int, batch_size: int):
 
 
 def scratch_model(shape: dict) -> bigram.GPTLanguageModel:
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
+    keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout", *bigram.MODEL_SWITCHES)
     return bigram.GPTLanguageModel(
         bigram.GPTConfig(vocab_size=VOCAB_SIZE, **{k: shape[k] for k in keys})
     )
@@ -196,20 +197,20 @@ def training_throughput(step: Callable[[int], None], shape: dict, flops_per_toke
 
 def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup: int) -> dict:
     """Whole optimizer steps as bigram.train runs them: seeding, batch, forward, backward,
-    clipping, AdamW."""
+    clipping, the optimizers (AdamW, and Muon for the modern architecture)."""
     device = torch.device("cpu")
     config = bigram.TrainConfig(**shape)
     data = np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint8)
     torch.manual_seed(0)
     model = scratch_model(shape)
-    optimizer = bigram.make_optimizer(model, config, device)
+    optimizers = bigram.make_optimizers(model, config, device)
     scaler = bigram.make_scaler(device, dtype)
 
     def step(i: int) -> None:
         seed = bigram.step_seed(config.seed, 0, i)
         torch.manual_seed(seed)
         batch = bigram.get_batch(data, config, torch.Generator().manual_seed(seed))
-        bigram.train_step(model, optimizer, scaler, [batch], config.grad_clip, device, dtype)
+        bigram.train_step(model, optimizers, scaler, [batch], config.grad_clip, device, dtype)
 
     name = str(dtype).removeprefix("torch.")
     flops = bigram.flops_per_token(model)
@@ -508,7 +509,8 @@ def print_report(results: dict) -> None:
     )
     print(
         f"model: {s['n_layer']} layers, {s['n_head']} heads, {s['n_embd']} channels, context "
-        f"{s['block_size']}, batch {s['batch_size']}, dropout {s['dropout']} ({s['name']})\n"
+        f"{s['block_size']}, batch {s['batch_size']}, dropout {s['dropout']} ({s['name']}, "
+        f"{s['arch']} architecture)\n"
     )
     rows = table_rows(results)
     width = max(len(r[0]) for r in rows)
@@ -523,6 +525,7 @@ def print_report(results: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark ScratchGPT on this machine.")
     p.add_argument("--preset", choices=bigram.PRESETS, default="gpu")
+    p.add_argument("--arch", choices=bigram.ARCHITECTURES, help="default: the preset's")
     for name, kind in [("n_layer", int), ("n_head", int), ("n_embd", int), ("block_size", int),
                        ("batch_size", int), ("dropout", float)]:  # fmt: skip
         p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
@@ -560,7 +563,13 @@ def model_shape(args: argparse.Namespace) -> dict:
     preset = TINY if args.tiny else bigram.PRESETS[args.preset]
     shape = {k: preset[k] for k in keys}
     shape |= {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    bigram.GPTConfig(vocab_size=VOCAB_SIZE, **{k: shape[k] for k in keys if k != "batch_size"})
+    if args.arch or args.tiny:  # the tiny configuration is the modern one, unless told
+        shape |= bigram.ARCHITECTURES[args.arch or "modern"]
+    else:
+        shape |= {k: preset[k] for k in bigram.ARCHITECTURES["classic"]}
+    switches = {k: shape[k] for k in bigram.MODEL_SWITCHES}
+    model_keys = [k for k in keys if k != "batch_size"]
+    bigram.GPTConfig(vocab_size=VOCAB_SIZE, **{k: shape[k] for k in model_keys}, **switches)
     return shape
 
 
@@ -574,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     dtype = bigram.resolve_dtype(args.dtype, torch.device("cpu"))
     name = "tiny" if tiny else f"preset {args.preset}"
-    results: dict = {"machine": machine(), "config": shape | {"name": name}}
+    arch = bigram.recipe(bigram.TrainConfig(**shape)).split(" ")[0]  # classic, modern or custom
+    results: dict = {"machine": machine(), "config": shape | {"name": name, "arch": arch}}
     peaks: dict = {}
     if "matmul" in sections:
         print("matmul peak...", flush=True)

@@ -8,23 +8,38 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from support import REPO, TINY_RUN, write_corpus
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bigram import GPTConfig, GPTLanguageModel, load_checkpoint, make_scaler, train_step
+from bigram import (
+    ARCHITECTURES,
+    MODEL_SWITCHES,
+    GPTConfig,
+    GPTLanguageModel,
+    TrainConfig,
+    load_checkpoint,
+    make_optimizers,
+    make_scaler,
+    train_step,
+)
 
 CONFIG = GPTConfig(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
 
 
-def fresh_model_and_optimizer():
+def fresh_model_and_optimizer(arch: str = "classic"):
+    """A model and its optimizers (AdamW; for the modern architecture, Muon beside it)."""
     torch.manual_seed(0)
-    model = GPTLanguageModel(CONFIG)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-2)
+    recipe = ARCHITECTURES[arch]
+    model = GPTLanguageModel(replace(CONFIG, **{k: recipe[k] for k in MODEL_SWITCHES}))
+    config = TrainConfig(lr=1e-2, optimizer=recipe["optimizer"])
+    return model, make_optimizers(model, config, torch.device("cpu"))
 
 
 def fixed_batches(n: int):
@@ -33,10 +48,10 @@ def fixed_batches(n: int):
     return [(t[:, :-1], t[:, 1:]) for t in tokens]
 
 
-def one_ddp_step(rank: int, world_size: int, port: int, out: str) -> None:
+def one_ddp_step(rank: int, world_size: int, port: int, out: str, arch: str) -> None:
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    model, optimizer = fresh_model_and_optimizer()
+    model, optimizer = fresh_model_and_optimizer(arch)
     cpu, fp32 = torch.device("cpu"), torch.float32
     batch = fixed_batches(2)[rank]  # each rank its own half of the batch
     wrapped = DDP(model)
@@ -55,19 +70,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_take_the_same_step_as_one_with_the_whole_batch(tmp_path):
+@pytest.mark.parametrize("arch", ["classic", "modern"])
+def test_two_processes_take_the_same_step_as_one_with_the_whole_batch(tmp_path, arch):
     out = tmp_path / "ddp.pt"
-    mp.spawn(one_ddp_step, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(one_ddp_step, args=(2, free_port(), str(out), arch), nprocs=2, join=True)
     ddp_weights = torch.load(out, weights_only=True)
 
     (x0, y0), (x1, y1) = fixed_batches(2)
     cpu, fp32 = torch.device("cpu"), torch.float32
-    whole, optimizer = fresh_model_and_optimizer()
+    whole, optimizer = fresh_model_and_optimizer(arch)
     scaler = make_scaler(cpu, fp32)
     train_step(
         whole, optimizer, scaler, [(torch.cat([x0, x1]), torch.cat([y0, y1]))], 1.0, cpu, fp32
     )
-    accumulated, optimizer = fresh_model_and_optimizer()  # --grad-accum 2 in one process
+    accumulated, optimizer = fresh_model_and_optimizer(arch)  # --grad-accum 2 in one process
     train_step(accumulated, optimizer, scaler, [(x0, y0), (x1, y1)], 1.0, cpu, fp32)
     for name, weight in whole.state_dict().items():
         torch.testing.assert_close(ddp_weights[name], weight)

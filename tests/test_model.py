@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from bigram import (
+    ARCHITECTURES,
+    MODEL_SWITCHES,
     BigramLanguageModel,
     Dropout,
     GPTConfig,
@@ -16,17 +18,28 @@ from bigram import (
 )
 
 CONFIG = GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+MODERN_SWITCHES = {k: v for k, v in ARCHITECTURES["modern"].items() if k in MODEL_SWITCHES}
+MODERN = GPTConfig(**{**vars(CONFIG), **MODERN_SWITCHES})
 
 
-@pytest.fixture
-def model() -> GPTLanguageModel:
+@pytest.fixture(params=[CONFIG, MODERN], ids=["classic", "modern"])
+def model(request) -> GPTLanguageModel:
     torch.manual_seed(0)
-    return GPTLanguageModel(CONFIG).eval()
+    return GPTLanguageModel(request.param).eval()
 
 
 def test_reference_configuration_has_10_8m_parameters():
     model = GPTLanguageModel(GPTConfig(vocab_size=65))
     assert count_parameters(model) == 10_795_841
+
+
+def test_modern_switches_drop_the_position_table_and_the_biases():
+    model = GPTLanguageModel(GPTConfig(vocab_size=65, **MODERN_SWITCHES))
+    names = {name for name, _ in model.named_parameters()}
+    assert not any("position" in name or name.endswith(".bias") for name in names)
+    # 10,795,841 less the position table (256 x 384), 6 x 9 x 384 biases, 6 x 2 + 1 LayerNorm
+    # biases and the head's 65: RMSNorm keeps one gain vector per norm.
+    assert count_parameters(model) == 10_795_841 - 256 * 384 - 6 * 9 * 384 - 13 * 384 - 65
 
 
 @pytest.mark.parametrize(
@@ -35,6 +48,9 @@ def test_reference_configuration_has_10_8m_parameters():
         (dict(n_embd=30, n_head=4), "divisible by n_head"),
         (dict(n_layer=0), "n_layer must be at least 1"),
         (dict(dropout=1.0), "dropout"),
+        (dict(norm="batch"), "norm must be one of layer, rms"),
+        (dict(mlp="swish"), "mlp must be one of gelu, relu2"),
+        (dict(rope=True, n_embd=18, n_head=2), "even head size"),
     ],
 )
 def test_impossible_config_is_rejected(changes, message):
@@ -56,7 +72,7 @@ def test_future_tokens_never_change_earlier_logits(model):
 def test_kv_cache_gives_the_same_logits_as_the_full_context(model):
     idx = torch.randint(CONFIG.vocab_size, (3, CONFIG.block_size))
     full_logits, _ = model(idx)
-    cache = KVCache(CONFIG, batch_size=3, device="cpu", dtype=torch.float32)
+    cache = KVCache(model.config, batch_size=3, device="cpu", dtype=torch.float32)
     prompt_logits, _ = model(idx[:, :4], kv_cache=cache)  # a prompt, then one token at a time
     step_logits = [prompt_logits] + [
         model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(4, 12)
@@ -74,7 +90,9 @@ def test_generation_with_and_without_cache_agrees_inside_the_window(model):
     assert torch.equal(runs[0], runs[1])
 
 
-def test_cache_slides_by_half_a_window_past_block_size(model):
+def test_cache_slides_by_half_a_window_past_block_size():
+    torch.manual_seed(0)
+    model = GPTLanguageModel(CONFIG).eval()  # learned positions: the cache must be rebuilt
     prompt = torch.randint(CONFIG.vocab_size, (1, CONFIG.block_size))
     steps = list(generate_tokens(model, prompt, 3, temperature=0))
     # The first token comes from the full window; the second finds the cache full and rebuilds
@@ -83,6 +101,39 @@ def test_cache_slides_by_half_a_window_past_block_size(model):
     expected = model(context[:, -CONFIG.block_size // 2 :])[0][:, -1].argmax(-1, keepdim=True)
     assert torch.equal(steps[1], expected)
     assert len(list(generate_tokens(model, prompt, 40))) == 40
+
+
+def test_rotary_cache_rolls_past_block_size_with_a_full_window():
+    # With one layer, keys and values come straight from the embeddings, so a rolling cache must
+    # give exactly what the whole last window gives, however far past block_size it has gone.
+    torch.manual_seed(0)
+    model = GPTLanguageModel(GPTConfig(**{**vars(MODERN), "n_layer": 1})).eval()
+    tokens = torch.randint(MODERN.vocab_size, (2, 3 * MODERN.block_size + 5))
+    cache = KVCache(model.config, batch_size=2, device="cpu", dtype=torch.float32)
+    model(tokens[:, :4], kv_cache=cache)
+    for t in range(4, tokens.shape[1]):
+        step_logits = model(tokens[:, t : t + 1], kv_cache=cache)[0][:, -1]
+        window_logits = model(tokens[:, max(0, t + 1 - MODERN.block_size) : t + 1])[0][:, -1]
+        torch.testing.assert_close(step_logits, window_logits)
+    assert cache.length == tokens.shape[1]
+
+
+def test_rotary_generation_never_rebuilds_its_cache():
+    torch.manual_seed(0)
+    model = GPTLanguageModel(MODERN).eval()
+    widths = []  # tokens fed to each forward pass
+    model.register_forward_pre_hook(lambda module, args: widths.append(args[0].shape[1]))
+    steps = list(generate_tokens(model, torch.zeros((1, 3), dtype=torch.long), 40))
+    assert len(steps) == 40 and widths == [3] + [1] * 39  # one prompt pass, then a token at a time
+
+
+def test_classic_model_refuses_positions_past_its_table():
+    torch.manual_seed(0)
+    model = GPTLanguageModel(CONFIG).eval()
+    cache = KVCache(CONFIG, batch_size=1, device="cpu", dtype=torch.float32)
+    model(torch.zeros((1, CONFIG.block_size), dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="exceed block_size"):
+        model(torch.zeros((1, 1), dtype=torch.long), kv_cache=cache)
 
 
 def test_bigram_model_predicts_from_the_last_character_only():

@@ -62,8 +62,9 @@ def test_bigram_baseline_trains_and_saves(tmp_path):
     assert log[-1]["val_loss"] < 2.5  # uniform guessing over 31 characters scores 3.43
 
 
-def test_resume_continues_the_same_loss_curve(tmp_path, monkeypatch):
-    flags = ["--max-iters", "20", "--eval-interval", "5", "--dropout", "0.1"]
+@pytest.mark.parametrize("arch", ["classic", "modern"])  # AdamW alone; Muon and AdamW
+def test_resume_continues_the_same_loss_curve(tmp_path, monkeypatch, arch):
+    flags = ["--max-iters", "20", "--eval-interval", "5", "--dropout", "0.1", "--arch", arch]
     (tmp_path / "a").mkdir()
     uninterrupted = train(tmp_path / "a", *flags)
 
@@ -104,6 +105,16 @@ def test_explicit_flags_override_the_preset():
     config = bigram.make_config(args, torch.device("cpu"), saved=None)
     assert (config.n_layer, config.lr) == (2, 0.01)
     assert (config.n_embd, config.block_size) == (384, 256)  # the rest comes from the preset
+
+
+def test_arch_sets_the_switches_and_single_flags_override_it():
+    args = bigram.parse_args(["--preset", "cpu", "--arch", "classic", "--rope", "--mlp", "relu2"])
+    config = bigram.make_config(args, torch.device("cpu"), saved=None)
+    classic = bigram.ARCHITECTURES["classic"]
+    assert {k: getattr(config, k) for k in classic} == classic | {"rope": True, "mlp": "relu2"}
+    assert bigram.recipe(config).startswith("custom (rope=True, ")
+    default = bigram.make_config(bigram.parse_args([]), torch.device("cpu"), saved=None)
+    assert bigram.recipe(default).startswith("modern (")  # the cpu preset's, by measurement
 
 
 def test_cpu_preset_is_picked_without_a_gpu(capsys):
@@ -271,3 +282,77 @@ def test_plot_refuses_what_is_not_a_training_log_in_one_line(tmp_path, capsys):
     for log in ("binary.pt", "odd.jsonl", "missing.jsonl"):
         line = main_error(bigram.main, ["--plot", str(tmp_path / log)], capsys)
         assert "--plot" in line
+
+
+# -----------------------------------------------------------------------------
+# The modern recipe: Muon beside AdamW, warmup-stable-decay, and checkpoints from before it
+
+
+def test_wsd_schedule_is_flat_then_falls_in_a_line_to_min_lr():
+    config = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="wsd")
+    assert bigram.lr_scale(0.0, 4, config) == pytest.approx(0.5)  # warming up
+    assert bigram.lr_scale(0.3, 500, config) == 1.0
+    assert bigram.lr_scale(1 - bigram.WSD_DECAY_SHARE, 500, config) == pytest.approx(1.0)
+    halfway_down = 1 - bigram.WSD_DECAY_SHARE / 2
+    assert bigram.lr_scale(halfway_down, 500, config) == pytest.approx(0.55)
+    assert bigram.lr_scale(1.0, 500, config) == pytest.approx(0.1)
+    cosine = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="cosine")
+    assert bigram.lr_scale(0.5, 500, cosine) == pytest.approx(0.55)
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    config = bigram.TrainConfig(optimizer="muon", muon_lr=0.02, lr=2e-3)
+    model = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=9, block_size=8, n_layer=2,
+                                                     n_head=2, n_embd=16))  # fmt: skip
+    adamw, muon = bigram.make_optimizers(model, config, torch.device("cpu"))
+    to_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    to_adamw = {id(p) for group in adamw.param_groups for p in group["params"]}
+    names = {id(p): name for name, p in model.named_parameters()}
+    assert not to_muon & to_adamw and to_muon | to_adamw == set(names)  # each one, once
+    assert all(names[i].startswith("blocks.") and names[i].endswith("weight") for i in to_muon)
+    assert len(to_muon) == 2 * 4  # qkv, attention proj, fc, MLP proj in each block
+    assert {names[i] for i in to_adamw} >= {"token_embedding.weight", "lm_head.weight"}
+    assert muon.param_groups[0]["lr"] == 0.02 and adamw.param_groups[0]["lr"] == 2e-3
+
+
+def test_training_flops_follow_the_architecture():
+    classic = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65))
+    modern_switches = {k: v for k, v in bigram.ARCHITECTURES["modern"].items()
+                       if k in bigram.MODEL_SWITCHES}  # fmt: skip
+    modern = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65, **modern_switches))
+    attention = 12 * 6 * 384 * 256
+    position_table = 256 * 384
+    classic_count = bigram.count_parameters(classic)
+    assert bigram.flops_per_token(classic) == 6 * (classic_count - position_table) + attention
+    assert bigram.flops_per_token(modern) == 6 * bigram.count_parameters(modern) + attention
+
+
+def forget_the_switches(path):
+    """Rewrite a checkpoint as one from before the architecture switches existed."""
+    checkpoint = load_checkpoint(path)
+    for saved in (checkpoint["model_args"], checkpoint["config"]):
+        for name in [*bigram.ARCHITECTURES["classic"], "muon_lr"]:
+            saved.pop(name, None)
+    bigram.save_checkpoint(checkpoint, path)
+
+
+def test_checkpoints_from_before_the_switches_resume_and_fine_tune_as_classic(tmp_path):
+    train(tmp_path, "--arch", "classic", "--max-iters", "4", "--eval-interval", "2")
+    forget_the_switches(tmp_path / "run.pt")
+    log = train(tmp_path, "--max-iters", "8", "--eval-interval", "2", "--resume")
+    assert [r["iter"] for r in log] == [2, 4, 6, 8]
+    tuned = tmp_path / "tuned.pt"
+    argv = ["--init-from", str(tmp_path / "run.pt"), "--data", str(tmp_path / "corpus.txt"),
+            "--out", str(tuned), *TINY_RUN[len(TINY_MODEL):], "--max-iters", "2"]  # fmt: skip
+    assert bigram.main(argv) == 0
+    model_args = load_checkpoint(tuned)["model_args"]
+    assert (model_args["rope"], model_args["norm"], model_args["bias"]) == (False, "layer", True)
+
+
+def test_resume_refuses_another_architecture_or_optimizer(tmp_path, capsys):
+    train(tmp_path, "--arch", "classic", "--max-iters", "2", "--eval-interval", "2")
+    base = ["--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "run.pt"), "--resume"]
+    for flags, named in [(["--arch", "modern"], "--arch"), (["--rope"], "--rope"),
+                         (["--optimizer", "muon"], "--optimizer")]:  # fmt: skip
+        line = main_error(bigram.main, [*base, *flags], capsys)
+        assert f"keeps the saved model's shape and optimizer; drop {named}" in line
