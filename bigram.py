@@ -690,36 +690,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", help="checkpoint path (default checkpoints/<dataset>.pt)")
     p.add_argument("--preset", choices=PRESETS, help="default: gpu on CUDA, cpu otherwise")
     p.add_argument("--model", choices=MODEL_TYPES, help="gpt (default) or the bigram baseline")
-    p.add_argument(
-        "--arch",
-        choices=ARCHITECTURES,
-        help="the switches below at once; default: the preset's (cpu: modern)",
-    )
-    p.add_argument(
-        "--rope",
-        action=argparse.BooleanOptionalAction,
-        help="rotary positions instead of a learned position table",
-    )
-    p.add_argument("--norm", choices=NORMS, help="LayerNorm or RMSNorm")
-    p.add_argument(
-        "--qk-norm",
-        action=argparse.BooleanOptionalAction,
-        help="RMS-norm queries and keys per head",
-    )
-    p.add_argument("--mlp", choices=ACTIVATIONS, help="the MLP's activation")
-    p.add_argument(
-        "--bias",
-        action=argparse.BooleanOptionalAction,
-        help="biases in linear layers and LayerNorm",
-    )
-    p.add_argument(
-        "--optimizer",
-        choices=OPTIMIZERS,
-        help="muon: Muon for the blocks' matrices, AdamW for the rest",
-    )
-    p.add_argument(
-        "--schedule", choices=SCHEDULES, help="after warmup: cosine, or wsd (warmup-stable-decay)"
-    )
+    for name, choices, text in [
+        ("arch", ARCHITECTURES, "the switches below at once; default: the preset's (cpu: modern)"),
+        ("rope", None, "rotary positions instead of a learned position table"),
+        ("norm", NORMS, "LayerNorm or RMSNorm"),
+        ("qk_norm", None, "RMS-norm queries and keys per head"),
+        ("mlp", ACTIVATIONS, "the MLP's activation"),
+        ("bias", None, "biases in linear layers and LayerNorm"),
+        ("optimizer", OPTIMIZERS, "muon: Muon for the blocks' matrices, AdamW for the rest"),
+        ("schedule", SCHEDULES, "after warmup: cosine, or wsd (warmup-stable-decay)"),
+    ]:
+        kind = {"choices": choices} if choices else {"action": argparse.BooleanOptionalAction}
+        p.add_argument(flag(name), dest=name, help=text, **kind)
     for name, kind, text in [
         ("n_layer", int, "transformer blocks"),
         ("n_head", int, "attention heads per block"),
@@ -819,6 +801,9 @@ def validate(config: TrainConfig) -> None:
         raise UserError("learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0")
     if config.muon_lr <= 0:
         raise UserError("--muon-lr must be above 0")
+    for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES)):
+        if getattr(config, name) not in choices:  # a damaged checkpoint's settings
+            raise UserError(f"{flag(name)} must be one of {', '.join(choices)}")
     check_seed(config.seed)
     if config.sample_chars < 0:
         raise UserError("--sample-chars must not be negative")
