@@ -255,7 +255,12 @@ class GPTLanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.token_embedding = nn.Embedding(config.vocab_size, config.n_embd)
-        if not config.rope:  # rotary positions live inside attention instead
+        head_size = config.n_embd // config.n_head
+        if config.rope:  # positions live inside attention: the window's angles, computed once
+            cos, sin = rotary(0, config.block_size, head_size, "cpu")
+            self.register_buffer("rope_cos", cos, persistent=False)  # not in the checkpoint
+            self.register_buffer("rope_sin", sin, persistent=False)
+        else:
             self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
         self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
@@ -288,7 +293,9 @@ class GPTLanguageModel(nn.Module):
             raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
         x = self.token_embedding(idx)
         rope = None
-        if self.config.rope:
+        if self.config.rope and start + T <= self.config.block_size:
+            rope = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        elif self.config.rope:  # a rolling cache, past the window
             rope = rotary(start, T, self.config.n_embd // self.config.n_head, idx.device)
         else:  # a slice of the table: no index tensor to build
             x = x + self.position_embedding.weight[start : start + T]
@@ -717,7 +724,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("min_lr", float, "learning rate at the end of the decay (Muon's falls in proportion)"),
         ("muon_lr", float, "Muon's peak learning rate"),
         ("warmup_iters", int, "steps of linear warmup"),
-        ("weight_decay", float, "AdamW weight decay (matrices only)"),
+        ("weight_decay", float, "weight decay of the matrices (AdamW and Muon)"),
         ("grad_clip", float, "clip the gradient norm to this (0: off)"),
         ("max_minutes", float, "time budget: the schedule fits it, then training stops"),
         ("seed", int, "random seed"),
@@ -757,7 +764,7 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
                 raise UserError(
                     f"--resume keeps the saved model's shape and optimizer; drop {which}"
                 )
-        return TrainConfig(**{**saved, **given})
+        return TrainConfig(**{**saved, **arch, **given})  # --arch's schedule applies
     preset = given.get("preset") or ("gpu" if device.type == "cuda" else "cpu")
     config = TrainConfig(**{**PRESETS[preset], **arch, **given, "preset": preset})
     config.data = config.data or str(DATASET_FILES[config.dataset])
@@ -947,10 +954,14 @@ def train_step(model, optimizers, scaler, micro_batches, grad_clip: float, devic
             scaler.scale(loss / len(micro_batches)).backward()  # the step follows their mean
     for optimizer in optimizers:
         scaler.unscale_(optimizer)  # clip the true gradients
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    overflow = False
+    if grad_clip > 0 or scaler.is_enabled():
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+        # float16 overflowed somewhere: every optimizer skips the step, not only the one that saw it
+        overflow = scaler.is_enabled() and not torch.isfinite(norm).item()
     for optimizer in optimizers:
-        scaler.step(optimizer)
+        if not overflow:
+            scaler.step(optimizer)
     scaler.update()
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)

@@ -159,3 +159,16 @@ def test_an_enabled_grad_scaler_takes_the_same_step():
         models.append(model.state_dict())
     for name, weight in models[0].items():
         torch.testing.assert_close(models[1][name], weight)
+
+
+def test_a_float16_overflow_skips_the_step_of_every_optimizer():
+    """An inf in AdamW's gradients (the head's) must stop Muon's step too, and lower the scale."""
+    cpu, fp32 = torch.device("cpu"), torch.float32
+    model, optimizers = fresh_model_and_optimizer("modern")
+    before = {name: weight.clone() for name, weight in model.state_dict().items()}
+    model.lm_head.weight.register_hook(lambda grad: grad * float("inf"))
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    train_step(model, optimizers, scaler, fixed_batches(1), 1.0, cpu, fp32)
+    for name, weight in model.state_dict().items():
+        assert torch.equal(weight, before[name]), f"{name} moved on an overflowed step"
+    assert scaler.get_scale() < 1024.0
