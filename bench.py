@@ -583,7 +583,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     dtype = bigram.resolve_dtype(args.dtype, torch.device("cpu"))
     name = "tiny" if tiny else f"preset {args.preset}"
-    arch = bigram.recipe(bigram.TrainConfig(**shape)).split(" ")[0]  # classic, modern or custom
+    arch = bigram.arch_name(bigram.TrainConfig(**shape))
     results: dict = {"machine": machine(), "config": shape | {"name": name, "arch": arch}}
     peaks: dict = {}
     if "matmul" in sections:

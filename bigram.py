@@ -772,12 +772,16 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
     return config
 
 
-def recipe(config: TrainConfig) -> str:
-    """The architecture's name, or "custom", and its switches: what the run is made of."""
+def arch_name(config: TrainConfig) -> str:
+    """The architecture whose switches the config has, or "custom"."""
     switches = {name: getattr(config, name) for name in ARCHITECTURES["classic"]}
-    names = [name for name, arch in ARCHITECTURES.items() if arch == switches]
-    details = ", ".join(f"{name}={value}" for name, value in switches.items())
-    return f"{names[0] if names else 'custom'} ({details})"
+    return next((name for name, arch in ARCHITECTURES.items() if arch == switches), "custom")
+
+
+def recipe(config: TrainConfig) -> str:
+    """The architecture's name and its switches: what the run is made of."""
+    details = ", ".join(f"{name}={getattr(config, name)}" for name in ARCHITECTURES["classic"])
+    return f"{arch_name(config)} ({details})"
 
 
 def flag(name: str) -> str:
@@ -914,10 +918,11 @@ def make_optimizers(model: nn.Module, config: TrainConfig, device: torch.device)
     the blocks' matrices go to Muon instead, which orthogonalises each update (every direction
     of the matrix moves by the same amount). Embeddings and the head stay on AdamW: Muon is
     meant for hidden layers, and torch's Muon takes nothing but 2-D tensors."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    to_muon = config.optimizer == "muon"
-    hidden = [p for n, p in named if to_muon and n.startswith("blocks.") and p.dim() == 2]
-    rest = [p for n, p in named if not any(p is h for h in hidden)]
+    hidden, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            to_muon = config.optimizer == "muon" and name.startswith("blocks.") and p.dim() == 2
+            (hidden if to_muon else rest).append(p)
     groups = [
         {"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
@@ -932,10 +937,11 @@ def make_optimizers(model: nn.Module, config: TrainConfig, device: torch.device)
     return optimizers
 
 
-def set_learning_rates(optimizers: list, peaks: list[list[float]], scale: float) -> None:
-    for optimizer, peak in zip(optimizers, peaks, strict=True):
-        for group, lr in zip(optimizer.param_groups, peak, strict=True):
-            group["lr"] = lr * scale
+def set_learning_rates(optimizers: list, config: TrainConfig, scale: float) -> None:
+    for optimizer in optimizers:
+        peak = config.muon_lr if isinstance(optimizer, torch.optim.Muon) else config.lr
+        for group in optimizer.param_groups:
+            group["lr"] = peak * scale
 
 
 def train_step(model, optimizers, scaler, micro_batches, grad_clip: float, device, dtype):
@@ -959,8 +965,8 @@ def train_step(model, optimizers, scaler, micro_batches, grad_clip: float, devic
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
         # float16 overflowed somewhere: every optimizer skips the step, not only the one that saw it
         overflow = scaler.is_enabled() and not torch.isfinite(norm).item()
-    for optimizer in optimizers:
-        if not overflow:
+    if not overflow:
+        for optimizer in optimizers:
             scaler.step(optimizer)
     scaler.update()
     for optimizer in optimizers:
@@ -1179,7 +1185,8 @@ def shape_of(checkpoint: dict) -> dict:
     """The TrainConfig settings that a checkpoint's model fixes."""
     args = checkpoint["model_args"]
     defaults = {f.name: f.default for f in fields(GPTConfig)}  # checkpoints before the switches
-    return {"model": args["model_type"]} | {k: args.get(k, defaults[k]) for k in MODEL_SHAPE[1:]}
+    shape = {k: args.get(k, defaults[k]) for k in MODEL_SHAPE if k != "model"}
+    return {"model": args["model_type"], **shape}
 
 
 def prepare_run(args: argparse.Namespace, device: torch.device, ddp: Distributed):
@@ -1256,7 +1263,6 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     check_memory(model_config, config.batch_size, training=True, device=device)
     model = build_model(config.model, model_config).to(device)
     optimizers = make_optimizers(model, config, device)
-    peak_lrs = [[group["lr"] for group in opt.param_groups] for opt in optimizers]
     scaler = make_scaler(device, dtype)
     start_iter, best_val_loss, elapsed_before = 0, float("inf"), 0.0
     log = log_path(Path(config.out))
@@ -1356,7 +1362,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
             # Progress is the share of whichever budget (iterations or minutes) runs out first.
             progress = max(it / config.max_iters, elapsed / budget_s if budget_s else 0.0)
             scale = lr_scale(progress, it, config)
-            set_learning_rates(optimizers, peak_lrs, scale)
+            set_learning_rates(optimizers, config, scale)
             seed = step_seed(config.seed, ddp.rank, it)
             torch.manual_seed(seed)  # dropout masks
             batches = torch.Generator().manual_seed(seed)
