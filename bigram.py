@@ -18,7 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import closing, contextmanager, nullcontext
+from contextlib import AbstractContextManager, closing, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -55,7 +55,7 @@ PRESETS = {
         **ARCHITECTURES["classic"],
     ),
     "cpu": dict(
-        n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.0,
+        n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
         max_iters=2300, eval_interval=250, eval_iters=20,
         lr=2e-3, min_lr=2e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
         **ARCHITECTURES["modern"],
@@ -186,6 +186,25 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """Scaled dot-product attention of q over k and v, each (B, n_head, T, head_size).
+
+    A prompt starts at position 0 and needs the causal mask; one new token sees all the cache.
+    No dropout on the attention weights: SDPA's fused CPU kernel has none, so asking for it falls
+    back to the math path (the whole T x T matrix and a random mask as big), which halves training
+    speed on a CPU. The residual and embedding dropouts still regularise.
+    """
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    # On a CPU, PyTorch's float32 attention kernel beats its bf16 one (forward and backward of
+    # the cpu preset's attention: 1.6x; one generated token: 4x), so attention leaves autocast.
+    # (Entering and leaving autocast costs more than one generated token's attention: only if on.)
+    on = torch.is_autocast_enabled("cpu")
+    with torch.autocast("cpu", enabled=False) if on else nullcontext():
+        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+    return y.to(q.dtype)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -214,11 +233,7 @@ class CausalSelfAttention(nn.Module):
             cache_k[:, :, slot : slot + T] = k
             cache_v[:, :, slot : slot + T] = v
             k, v = cache_k[:, :, :filled], cache_v[:, :, :filled]
-        # A prompt starts at position 0 and needs the causal mask; one new token sees all the cache.
-        # No dropout on the attention weights: SDPA's fused CPU kernel has none, so asking for it
-        # falls back to the math path (the whole T x T matrix and a random mask as big), which
-        # halves training speed on a CPU. The residual and embedding dropouts still regularise.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        y = attend(q, k, v, causal=T > 1)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.proj(y))
 
@@ -393,10 +408,11 @@ def generate_tokens(
             logits, _ = model(context[:, -block_size:])
         elif cache is None or (cache.length == cache.capacity and not rolling):
             keep = block_size if cache is None else max(1, block_size // 2)
-            cache = KVCache(model.config, context.shape[0], context.device, _param_dtype(model))
+            cache = KVCache(model.config, context.shape[0], context.device, cache_dtype(model))
             logits, _ = model(context[:, -keep:], kv_cache=cache)
         else:
-            logits, _ = model(context[:, -1:], kv_cache=cache)
+            with matrix_vector_kernels(context):
+                logits, _ = model(context[:, -1:], kv_cache=cache)
         next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
         context = torch.cat([context, next_token], dim=1)
         if context.shape[1] > 2 * block_size:  # only the last window is ever read again
@@ -418,8 +434,23 @@ def training_sample(model: nn.Module, vocab: list[str], num_chars: int, seed: in
     return text
 
 
-def _param_dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
+def matrix_vector_kernels(context: torch.Tensor) -> AbstractContextManager:
+    """For one new token of one sample, every product is a matrix times a vector. For bf16 weights
+    PyTorch's own kernel reads them about twice as fast as oneDNN's, which PyTorch prefers on a
+    CPU: oneDNN is switched off for these steps only. Longer passes (the prompt) keep it: there it
+    is 8x faster (README, "bf16 or float32 weights on a CPU")."""
+    if context.device.type != "cpu" or context.shape[0] > 1:
+        return nullcontext()
+    return torch.backends.mkldnn.flags(
+        enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None
+    )  # only the first flag changes
+
+
+def cache_dtype(model: nn.Module) -> torch.dtype:
+    """The KV cache's dtype: the weights', except float32 on a CPU, where attention runs in
+    float32 (see attend): keys and values are then cast once when stored, not at every step."""
+    weight = next(model.parameters())
+    return torch.float32 if weight.device.type == "cpu" else weight.dtype
 
 
 # -----------------------------------------------------------------------------

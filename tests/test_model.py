@@ -12,6 +12,8 @@ from bigram import (
     GPTLanguageModel,
     KVCache,
     UserError,
+    attend,
+    cache_dtype,
     count_parameters,
     generate_tokens,
     sample_next,
@@ -134,6 +136,32 @@ def test_classic_model_refuses_positions_past_its_table():
     model(torch.zeros((1, CONFIG.block_size), dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="exceed block_size"):
         model(torch.zeros((1, 1), dtype=torch.long), kv_cache=cache)
+
+
+def test_cpu_attention_runs_in_float32_under_autocast():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 8, 16).bfloat16().unbind(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = attend(q, k, v, causal=True)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True
+    )
+    assert y.dtype == torch.bfloat16  # what the next product expects
+    torch.testing.assert_close(y, expected.bfloat16(), rtol=0, atol=0)  # rounded once, at the end
+
+
+def test_one_token_steps_switch_onednn_off_and_back_on_for_one_sample_only():
+    torch.manual_seed(0)
+    model = GPTLanguageModel(CONFIG).eval().to(torch.bfloat16)
+    assert cache_dtype(model) == torch.float32  # CPU attention reads float32 keys and values
+    seen = []  # whether oneDNN was on for each forward pass
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    for batch in (1, 2):
+        seen.clear()
+        list(generate_tokens(model, torch.zeros((batch, 3), dtype=torch.long), 4))
+        one_token_steps = [True] + [False] * 3 if batch == 1 else [True] * 4
+        assert seen == one_token_steps  # the prompt pass keeps oneDNN's matrix products
+    assert torch.backends.mkldnn.enabled
 
 
 def test_bigram_model_predicts_from_the_last_character_only():
