@@ -20,6 +20,7 @@ Timings depend on what else runs: look at `uptime` first and keep the machine ot
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -273,9 +274,9 @@ def scratch_generator(model: nn.Module, use_kv_cache: bool):
 def bench_generate(
     shape: dict, num_tokens: int, slow_tokens: int, batches: list[int], original: bool
 ) -> dict:
-    """Characters/s with the KV cache for batches of samples, float32 weights (what MODEL.py uses
-    on a CPU for one sample) and bfloat16 ones; then batch 1 without the cache, and the original
-    loop. Batch sizes count samples: the rates are for all of them together."""
+    """Characters/s with the KV cache for batches of samples, float32 weights and bfloat16 ones,
+    and with the weights MODEL.py picks by default for one sample; then batch 1 without the cache,
+    and the original loop. Batch sizes count samples: the rates are for all of them together."""
     torch.manual_seed(0)
     block = shape["block_size"]
     fp32 = scratch_model(shape).eval()
@@ -289,7 +290,7 @@ def bench_generate(
     result["kv_cache_chars_per_s"] = result["batch"]["1"]["float32"]
     # What MODEL.py generates one sample with by default (--weights auto): bf16 on CPUs with bf16
     # instructions, else float32 (the row above, and what MODEL.py used before that rule).
-    picked = MODEL.cpu_weights(fp32, "auto", 1)
+    picked = MODEL.cpu_weights(copy.deepcopy(fp32), "auto", 1)  # .to() would change fp32 itself
     result["model_py_dtype"] = str(next(picked.parameters()).dtype).removeprefix("torch.")
     result["model_py_chars_per_s"] = chars_per_second(scratch_generator(picked, True), 1, block,
                                                       num_tokens)  # fmt: skip

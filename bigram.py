@@ -200,8 +200,9 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> t
     # the cpu preset's attention: 1.6x; one generated token: 4x), so attention leaves autocast.
     # (Entering and leaving autocast costs more than one generated token's attention: only if on.)
     on = torch.is_autocast_enabled("cpu")
+    wide = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
     with torch.autocast("cpu", enabled=False) if on else nullcontext():
-        y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+        y = F.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), is_causal=causal)
     return y.to(q.dtype)
 
 
@@ -447,10 +448,12 @@ def matrix_vector_kernels(context: torch.Tensor) -> AbstractContextManager:
 
 
 def cache_dtype(model: nn.Module) -> torch.dtype:
-    """The KV cache's dtype: the weights', except float32 on a CPU, where attention runs in
+    """The KV cache's dtype: the weights', widened to float32 on a CPU, where attention runs in
     float32 (see attend): keys and values are then cast once when stored, not at every step."""
     weight = next(model.parameters())
-    return torch.float32 if weight.device.type == "cpu" else weight.dtype
+    if weight.device.type != "cpu":
+        return weight.dtype
+    return torch.promote_types(weight.dtype, torch.float32)
 
 
 # -----------------------------------------------------------------------------

@@ -39,7 +39,9 @@ def test_streamed_and_unstreamed_text_are_the_same_for_a_seed(checkpoint):
 def test_kv_cache_and_full_recompute_write_the_same_text(checkpoint):
     # 300 tokens run far past block_size 16, where the two paths see different context lengths,
     # so compare inside one window: greedy decoding of 12 tokens after a 3-character prompt.
-    flags = ["--prompt", "KIN", "--num-tokens", "12", "--temperature", "0"]
+    # float32 weights: bf16 ones take different kernels on the two paths (bounded by the tests of
+    # the distributions below), and a near-tie could then pick another character.
+    flags = ["--prompt", "KIN", "--num-tokens", "12", "--temperature", "0", "--weights", "float32"]
     assert generate(checkpoint, *flags) == generate(checkpoint, *flags, "--no-kv-cache")
 
 
@@ -205,6 +207,7 @@ def test_default_weights_follow_a_fixed_rule_so_a_seed_writes_the_same_text(
 ):
     model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
     monkeypatch.setattr(MODEL, "seconds_per_step", lambda m, batch: pytest.fail("timed"))
-    dtype = lambda batch: next(MODEL.cpu_weights(model, "auto", batch).parameters()).dtype
+    picked = lambda batch: MODEL.cpu_weights(copy.deepcopy(model), "auto", batch)
+    dtype = lambda batch: next(picked(batch).parameters()).dtype
     expected = torch.bfloat16 if bigram.cpu_has_native_bf16() else torch.float32
     assert dtype(1) == dtype(8) == expected  # never timed: the same on every run

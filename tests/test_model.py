@@ -150,6 +150,15 @@ def test_cpu_attention_runs_in_float32_under_autocast():
     torch.testing.assert_close(y, expected.bfloat16(), rtol=0, atol=0)  # rounded once, at the end
 
 
+def test_gradients_flow_through_float32_attention_in_the_inputs_dtype():
+    torch.manual_seed(0)
+    q, k, v = (t.requires_grad_() for t in torch.randn(3, 2, 2, 8, 16).bfloat16().unbind(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        attend(q, k, v, causal=True).float().square().sum().backward()
+    for t in (q, k, v):
+        assert t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0
+
+
 def test_one_token_steps_switch_onednn_off_and_back_on_for_one_sample_only():
     torch.manual_seed(0)
     model = GPTLanguageModel(CONFIG).eval().to(torch.bfloat16)
