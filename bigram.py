@@ -412,7 +412,7 @@ def generate_tokens(
             cache = KVCache(model.config, context.shape[0], context.device, cache_dtype(model))
             logits, _ = model(context[:, -keep:], kv_cache=cache)
         else:
-            with matrix_vector_kernels(context):
+            with matrix_vector_kernels(model, context):
                 logits, _ = model(context[:, -1:], kv_cache=cache)
         next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
         context = torch.cat([context, next_token], dim=1)
@@ -435,12 +435,14 @@ def training_sample(model: nn.Module, vocab: list[str], num_chars: int, seed: in
     return text
 
 
-def matrix_vector_kernels(context: torch.Tensor) -> AbstractContextManager:
+def matrix_vector_kernels(model: nn.Module, context: torch.Tensor) -> AbstractContextManager:
     """For one new token of one sample, every product is a matrix times a vector. For bf16 weights
     PyTorch's own kernel reads them about twice as fast as oneDNN's, which PyTorch prefers on a
     CPU: oneDNN is switched off for these steps only. Longer passes (the prompt) keep it: there it
-    is 8x faster (README, "bf16 or float32 weights on a CPU")."""
-    if context.device.type != "cpu" or context.shape[0] > 1:
+    is 8x faster (README, "bf16 or float32 weights on a CPU"). float32 weights keep oneDNN, which
+    is faster for them at small sizes."""
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype == torch.float32 or context.shape[0] > 1:
         return nullcontext()
     return torch.backends.mkldnn.flags(
         enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None

@@ -187,7 +187,7 @@ def test_one_sample_bf16_steps_change_the_distribution_by_rounding_only(checkpoi
         bf16(context[:, :8], kv_cache=cache)
         steps = []
         for t in range(8, context.shape[1]):
-            with bigram.matrix_vector_kernels(context):
+            with bigram.matrix_vector_kernels(bf16, context):
                 steps.append(bf16(context[:, t : t + 1], kv_cache=cache)[0][0, -1])
     p16 = torch.stack(steps).float().softmax(-1)
     total_variation = 0.5 * (p32[8:] - p16).abs().sum(-1)

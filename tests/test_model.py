@@ -171,6 +171,9 @@ def test_one_token_steps_switch_onednn_off_and_back_on_for_one_sample_only():
         one_token_steps = [True] + [False] * 3 if batch == 1 else [True] * 4
         assert seen == one_token_steps  # the prompt pass keeps oneDNN's matrix products
     assert torch.backends.mkldnn.enabled
+    seen.clear()
+    list(generate_tokens(model.float(), torch.zeros((1, 3), dtype=torch.long), 4))
+    assert seen == [True] * 4  # float32 weights keep oneDNN
 
 
 def test_bigram_model_predicts_from_the_last_character_only():
