@@ -41,9 +41,9 @@ from files import UserError
 # because it measured better here (README, "What each piece buys").
 ARCHITECTURES = {
     "classic": dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                    optimizer="adamw", schedule="cosine"),
+                    split_qkv=False, optimizer="adamw", schedule="cosine"),
     "modern": dict(rope=True, norm="rms", qk_norm=True, mlp="relu2", bias=False,
-                   optimizer="muon", schedule="wsd"),
+                   split_qkv=True, optimizer="muon", schedule="wsd"),
 }  # fmt: skip
 # `gpu` is the reference run; `cpu` was chosen by measurement for the best validation loss in
 # about ten minutes on a 2-core CPU (see README, "Presets").
@@ -97,6 +97,7 @@ class GPTConfig:
     norm: str = "layer"  # "layer" (LayerNorm) or "rms" (RMSNorm: no mean to remove, no bias)
     qk_norm: bool = False  # queries and keys RMS-normed per head, so attention logits stay tame
     mlp: str = "gelu"  # the MLP's activation: "gelu" or "relu2" (ReLU squared)
+    split_qkv: bool = False  # queries, keys and values from three matrices, not one (for Muon)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -211,8 +212,13 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.n_head = config.n_head
         self.qk_norm = config.qk_norm
-        # One matrix computes queries, keys and values of all heads at once.
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.split_qkv = config.split_qkv
+        if config.split_qkv:  # three matrices: Muon orthogonalises each update on its own
+            self.q, self.k, self.v = (
+                nn.Linear(config.n_embd, config.n_embd, bias=config.bias) for _ in range(3)
+            )
+        else:  # one matrix computes queries, keys and values of all heads at once
+            self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = Dropout(config.dropout)
 
@@ -220,8 +226,15 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         # SDPA's causal mask is aligned top-left, so a multi-token step must start an empty cache.
         assert T == 1 or start == 0, "multi-token steps must start an empty cache"
-        # (B, T, 3 * C) -> three (B, n_head, T, head_size) views, in two steps
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        head_size = C // self.n_head
+        # queries, keys and values as (B, n_head, T, head_size) each
+        if self.split_qkv:  # three (B, T, C) -> (B, T, n_head, head_size) -> (B, n_head, T, ...)
+            q, k, v = (
+                f(x).view(B, T, self.n_head, head_size).transpose(1, 2)
+                for f in (self.q, self.k, self.v)
+            )
+        else:  # one (B, T, 3 * C) -> (B, T, 3, n_head, head_size) -> (3, B, n_head, T, ...)
+            q, k, v = self.qkv(x).view(B, T, 3, self.n_head, head_size).permute(2, 0, 3, 1, 4)
         if self.qk_norm:  # unit-RMS queries and keys: no logit can grow without bound
             q, k = F.rms_norm(q, q.shape[-1:]), F.rms_norm(k, k.shape[-1:])
         if rope is not None:
@@ -709,6 +722,7 @@ class TrainConfig:
     qk_norm: bool = False
     mlp: str = "gelu"
     bias: bool = True
+    split_qkv: bool = False
     optimizer: str = "adamw"  # "muon": Muon for the blocks' matrices, AdamW for the rest
     muon_lr: float = 0.02  # Muon's peak learning rate (--lr is AdamW's)
     schedule: str = "cosine"  # after warmup: "cosine" to min_lr, or "wsd" (flat, then linear)
@@ -718,7 +732,7 @@ class TrainConfig:
     exhaustive_eval: bool = False
 
 
-MODEL_SWITCHES = ("rope", "norm", "qk_norm", "mlp", "bias")
+MODEL_SWITCHES = ("rope", "norm", "qk_norm", "mlp", "bias", "split_qkv")
 MODEL_SHAPE = ("model", "n_layer", "n_head", "n_embd", "block_size", *MODEL_SWITCHES)
 OPTIMIZERS = ("adamw", "muon")
 SCHEDULES = ("cosine", "wsd")
@@ -740,6 +754,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("qk_norm", None, "RMS-norm queries and keys per head"),
         ("mlp", ACTIVATIONS, "the MLP's activation"),
         ("bias", None, "biases in linear layers and LayerNorm"),
+        ("split_qkv", None, "queries, keys and values from three matrices (Muon: one update each)"),
         ("optimizer", OPTIMIZERS, "muon: Muon for the blocks' matrices, AdamW for the rest"),
         ("schedule", SCHEDULES, "after warmup: cosine, or wsd (warmup-stable-decay)"),
     ]:

@@ -44,6 +44,25 @@ def test_modern_switches_drop_the_position_table_and_the_biases():
     assert count_parameters(model) == 10_795_841 - 256 * 384 - 6 * 9 * 384 - 13 * 384 - 65
 
 
+@pytest.mark.parametrize("base", [CONFIG, MODERN], ids=["classic", "modern"])  # biases or none
+def test_split_qkv_computes_what_one_qkv_matrix_with_the_same_weights_does(base):
+    torch.manual_seed(0)
+    split = GPTLanguageModel(GPTConfig(**{**vars(base), "split_qkv": True})).eval()
+    for p in split.parameters():  # random biases too, so that stacking them is checked
+        torch.nn.init.normal_(p, std=0.1)
+    fused = GPTLanguageModel(GPTConfig(**{**vars(base), "split_qkv": False})).eval()
+    state = split.state_dict()
+    kinds = ("weight", "bias") if base.bias else ("weight",)
+    for i in range(base.n_layer):
+        for kind in kinds:  # queries, then keys, then values: qkv's row order
+            parts = [state.pop(f"blocks.{i}.attn.{name}.{kind}") for name in "qkv"]
+            state[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(parts)
+    fused.load_state_dict(state)  # strict: the only difference is how the three are stored
+    idx = torch.randint(base.vocab_size, (2, base.block_size))
+    torch.testing.assert_close(split(idx)[0], fused(idx)[0])
+    assert count_parameters(split) == count_parameters(fused)
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [

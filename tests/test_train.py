@@ -315,6 +315,17 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     assert muon.param_groups[0]["lr"] == 0.02 and adamw.param_groups[0]["lr"] == 2e-3
 
 
+def test_muon_gets_queries_keys_and_values_as_three_matrices_with_split_qkv():
+    config = bigram.TrainConfig(optimizer="muon")
+    shape = dict(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16)
+    model = bigram.GPTLanguageModel(bigram.GPTConfig(**shape, split_qkv=True))
+    _, muon = bigram.make_optimizers(model, config, torch.device("cpu"))
+    to_muon = {id(p) for group in muon.param_groups for p in group["params"]}
+    names = {name for name, p in model.named_parameters() if id(p) in to_muon}
+    attention = {f"blocks.0.attn.{name}.weight" for name in ("q", "k", "v", "proj")}
+    assert names == attention | {"blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
+
+
 def test_training_flops_follow_the_architecture():
     classic = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65))
     modern_switches = {k: v for k, v in bigram.ARCHITECTURES["modern"].items()
@@ -347,6 +358,29 @@ def test_checkpoints_from_before_the_switches_resume_and_fine_tune_as_classic(tm
     assert bigram.main(argv) == 0
     model_args = load_checkpoint(tuned)["model_args"]
     assert (model_args["rope"], model_args["norm"], model_args["bias"]) == (False, "layer", True)
+
+
+def test_modern_checkpoints_from_before_split_qkv_keep_their_one_qkv_matrix(tmp_path, capsys):
+    train(
+        tmp_path, "--arch", "modern", "--no-split-qkv", "--max-iters", "2", "--eval-interval", "2"
+    )
+    checkpoint = load_checkpoint(tmp_path / "run.pt")
+    for saved in (checkpoint["model_args"], checkpoint["config"]):
+        saved.pop("split_qkv")  # what a modern run wrote before the switch existed
+    bigram.save_checkpoint(checkpoint, tmp_path / "run.pt")
+    model = bigram.model_from_checkpoint(load_checkpoint(tmp_path / "run.pt"))
+    assert model.blocks[0].attn.qkv.weight.shape == (3 * 16, 16)
+    log = train(tmp_path, "--max-iters", "4", "--eval-interval", "2", "--resume")
+    assert [r["iter"] for r in log] == [2, 4]
+    base = ["--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "run.pt"), "--resume"]
+    line = main_error(bigram.main, [*base, "--arch", "modern"], capsys)  # now: three matrices
+    assert "keeps the saved model's shape and optimizer; drop --arch" in line
+    tuned = tmp_path / "tuned.pt"
+    argv = ["--init-from", str(tmp_path / "run.pt"), "--data", str(tmp_path / "corpus.txt"),
+            "--out", str(tuned), *TINY_RUN[len(TINY_MODEL):], "--max-iters", "2"]  # fmt: skip
+    assert bigram.main(argv) == 0
+    for path in (tmp_path / "run.pt", tuned):  # resumed and fine-tuned: still one qkv matrix
+        assert load_checkpoint(path)["model_args"]["split_qkv"] is False
 
 
 def test_resume_refuses_another_architecture_or_optimizer(tmp_path, capsys):
