@@ -338,25 +338,30 @@ def test_training_flops_follow_the_architecture():
     assert bigram.flops_per_token(modern) == 6 * bigram.count_parameters(modern) + attention
 
 
-def forget_the_switches(path):
-    """Rewrite a checkpoint as one from before the architecture switches existed."""
+def forget_settings(path, names):
+    """Rewrite a checkpoint as one written before these settings existed."""
     checkpoint = load_checkpoint(path)
     for saved in (checkpoint["model_args"], checkpoint["config"]):
-        for name in [*bigram.ARCHITECTURES["classic"], "muon_lr"]:
+        for name in names:
             saved.pop(name, None)
     bigram.save_checkpoint(checkpoint, path)
 
 
-def test_checkpoints_from_before_the_switches_resume_and_fine_tune_as_classic(tmp_path):
-    train(tmp_path, "--arch", "classic", "--max-iters", "4", "--eval-interval", "2")
-    forget_the_switches(tmp_path / "run.pt")
-    log = train(tmp_path, "--max-iters", "8", "--eval-interval", "2", "--resume")
-    assert [r["iter"] for r in log] == [2, 4, 6, 8]
+def fine_tune_two_steps(tmp_path):
+    """--init-from tmp_path/run.pt on the same corpus, into tmp_path/tuned.pt (returned)."""
     tuned = tmp_path / "tuned.pt"
     argv = ["--init-from", str(tmp_path / "run.pt"), "--data", str(tmp_path / "corpus.txt"),
             "--out", str(tuned), *TINY_RUN[len(TINY_MODEL):], "--max-iters", "2"]  # fmt: skip
     assert bigram.main(argv) == 0
-    model_args = load_checkpoint(tuned)["model_args"]
+    return tuned
+
+
+def test_checkpoints_from_before_the_switches_resume_and_fine_tune_as_classic(tmp_path):
+    train(tmp_path, "--arch", "classic", "--max-iters", "4", "--eval-interval", "2")
+    forget_settings(tmp_path / "run.pt", [*bigram.ARCHITECTURES["classic"], "muon_lr"])
+    log = train(tmp_path, "--max-iters", "8", "--eval-interval", "2", "--resume")
+    assert [r["iter"] for r in log] == [2, 4, 6, 8]
+    model_args = load_checkpoint(fine_tune_two_steps(tmp_path))["model_args"]
     assert (model_args["rope"], model_args["norm"], model_args["bias"]) == (False, "layer", True)
 
 
@@ -364,10 +369,7 @@ def test_modern_checkpoints_from_before_split_qkv_keep_their_one_qkv_matrix(tmp_
     train(
         tmp_path, "--arch", "modern", "--no-split-qkv", "--max-iters", "2", "--eval-interval", "2"
     )
-    checkpoint = load_checkpoint(tmp_path / "run.pt")
-    for saved in (checkpoint["model_args"], checkpoint["config"]):
-        saved.pop("split_qkv")  # what a modern run wrote before the switch existed
-    bigram.save_checkpoint(checkpoint, tmp_path / "run.pt")
+    forget_settings(tmp_path / "run.pt", ["split_qkv"])  # a modern run from before the switch
     model = bigram.model_from_checkpoint(load_checkpoint(tmp_path / "run.pt"))
     assert model.blocks[0].attn.qkv.weight.shape == (3 * 16, 16)
     log = train(tmp_path, "--max-iters", "4", "--eval-interval", "2", "--resume")
@@ -375,11 +377,7 @@ def test_modern_checkpoints_from_before_split_qkv_keep_their_one_qkv_matrix(tmp_
     base = ["--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "run.pt"), "--resume"]
     line = main_error(bigram.main, [*base, "--arch", "modern"], capsys)  # now: three matrices
     assert "keeps the saved model's shape and optimizer; drop --arch" in line
-    tuned = tmp_path / "tuned.pt"
-    argv = ["--init-from", str(tmp_path / "run.pt"), "--data", str(tmp_path / "corpus.txt"),
-            "--out", str(tuned), *TINY_RUN[len(TINY_MODEL):], "--max-iters", "2"]  # fmt: skip
-    assert bigram.main(argv) == 0
-    for path in (tmp_path / "run.pt", tuned):  # resumed and fine-tuned: still one qkv matrix
+    for path in (tmp_path / "run.pt", fine_tune_two_steps(tmp_path)):  # still one qkv matrix
         assert load_checkpoint(path)["model_args"]["split_qkv"] is False
 
 
