@@ -24,19 +24,16 @@ import torch
 from torch import nn
 
 import files
+import hardware
 from bigram import (
     CHECKPOINT_DIR,
     DATASET_FILES,
     MAX_SEED,
     UserError,
-    autocast,
     check_seed,
-    cpu_has_native_bf16,
     generate_tokens,
     load_checkpoint,
     model_from_checkpoint,
-    resolve_device,
-    resolve_dtype,
 )
 from corpus import decode, encode, normalize_newlines, read_text
 
@@ -115,7 +112,7 @@ def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.device]:
     """The checkpoint's model, ready to sample on the chosen device, and its vocabulary."""
-    device = resolve_device(args.device)
+    device = hardware.resolve_device(args.device)
     path = checkpoint_to_load(args)
     if files.unreadable_reason(path) == "not found":
         train = f"python bigram.py --dataset {args.dataset}"
@@ -137,7 +134,7 @@ def cpu_weights(model: nn.Module, choice: str, batch_size: int) -> nn.Module:
     products). fastest times both here instead, for a CPU where the rule guesses wrong, but
     then a seed's text can depend on the pick. Casting once beats autocast casting the weights at
     every step."""
-    if choice == "bfloat16" or (choice == "auto" and cpu_has_native_bf16()):
+    if choice == "bfloat16" or (choice == "auto" and hardware.cpu_has_native_bf16()):
         return model.to(torch.bfloat16)
     if choice == "fastest":
         return faster_cpu_weights(model, batch_size)
@@ -169,7 +166,7 @@ def faster_cpu_weights(model: nn.Module, batch_size: int) -> nn.Module:
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:
-    return resolve_dtype("auto", device) if device.type == "cuda" else torch.float32
+    return hardware.resolve_dtype("auto", device) if device.type == "cuda" else torch.float32
 
 
 def generate(args: argparse.Namespace) -> None:
@@ -190,7 +187,7 @@ def generate(args: argparse.Namespace) -> None:
     if stream:
         print(prompt, end="", flush=True)
     steps = []
-    with autocast(device, dtype):
+    with hardware.autocast(device, dtype):
         for step in generate_tokens(
             model, prompt_ids, args.num_tokens, args.temperature, args.top_k, args.top_p,
             use_kv_cache=not args.no_kv_cache, generator=generator,
@@ -368,7 +365,7 @@ def continue_text(session: Session, prompt: str) -> None:
         return
     s, written = session, ""
     try:
-        with autocast(s.device, autocast_dtype(s.device)):
+        with hardware.autocast(s.device, autocast_dtype(s.device)):
             for step in generate_tokens(
                 s.model, ids.to(s.device)[None], s.chars, s.temperature, s.top_k, s.top_p,
                 use_kv_cache=s.use_kv_cache, generator=s.generator,

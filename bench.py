@@ -38,6 +38,7 @@ from torch.nn import functional as F
 
 import bigram
 import corpus
+import hardware
 import MODEL
 
 REPO = Path(__file__).resolve().parent
@@ -67,10 +68,15 @@ def matmul_gflops(n: int, dtype: torch.dtype, min_seconds: float) -> float:
     return 2 * n**3 / seconds_per_call(lambda: a @ b, min_seconds, min_calls=3) / 1e9
 
 
+def native_dtypes() -> list[torch.dtype]:
+    """The precisions this CPU multiplies in hardware: bf16 emulated in software is not timed."""
+    return [torch.float32, torch.bfloat16] if hardware.cpu_has_native_bf16() else [torch.float32]
+
+
 def bench_matmul(sizes: list[int], min_seconds: float) -> dict:
     """The best of a few sizes: small ones do not fill the cores, big ones spill the caches."""
     result = {"sizes": sizes}
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in native_dtypes():
         name = str(dtype).removeprefix("torch.")
         result[f"{name}_gflops"] = max(matmul_gflops(n, dtype, min_seconds) for n in sizes)
     return result
@@ -196,9 +202,84 @@ def training_throughput(step: Callable[[int], None], shape: dict, flops_per_toke
     return {"ms_per_step": 1000 * seconds, "tokens_per_s": tokens_per_s, "mfu": mfu}
 
 
+def newton_schulz_flops(optimizers: list) -> float:
+    """FLOPs of one Muon step's Newton-Schulz iterations: per (m, n) matrix with m <= n and per
+    iteration, X X^T (2 m^2 n), the Gram polynomial (2 m^3) and its product with X (2 m^2 n)."""
+    total = 0.0
+    for optimizer in optimizers:
+        if isinstance(optimizer, torch.optim.Muon):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    m, n = sorted(p.shape)
+                    total += group["ns_steps"] * (4 * m * m * n + 2 * m**3)
+    return total
+
+
+def step_in_parts(model, optimizers, scaler, batch, config, dtype) -> dict:
+    """Seconds of one training step's parts, as bigram.train_step runs them."""
+    device = torch.device("cpu")
+    times = {}
+    start = time.perf_counter()
+    with hardware.autocast(device, dtype):
+        _, loss = model(*batch)
+    times["forward"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scaler.scale(loss).backward()
+    times["backward"] = time.perf_counter() - start
+    start = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    for optimizer in optimizers:
+        scaler.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+    times["optimizer"] = time.perf_counter() - start
+    return times
+
+
+def time_parts(model, optimizers, scaler, batches, config, dtype, tokens: int) -> dict:
+    """The median time of each part, its FLOPs (forward a third of the model's, backward two
+    thirds, the optimizer its Newton-Schulz iterations) and the GFLOP/s they make."""
+    runs = [step_in_parts(model, optimizers, scaler, b, config, dtype) for b in batches]
+    flops = bigram.flops_per_token(model) * tokens
+    flops = {"forward": flops / 3, "backward": 2 * flops / 3,
+             "optimizer": newton_schulz_flops(optimizers)}  # fmt: skip
+    parts = {}
+    for name in ("forward", "backward", "optimizer"):
+        seconds = float(np.median([run[name] for run in runs]))
+        parts[name] = {"ms": 1000 * seconds, "gflop": flops[name] / 1e9,
+                       "gflops": flops[name] / seconds / 1e9}  # fmt: skip
+    return parts
+
+
+SLOW_PART = 4  # a part this many times below the forward pass's GFLOP/s is out of line
+OVERHEAD_MS = 20  # parts shorter than this are mostly per-call overhead (tiny models): no verdict
+
+
+def part_warnings(parts: dict) -> list[str]:
+    """What is far out of line with its FLOPs: a precision the CPU emulates, a slow kernel."""
+    warnings = []
+    reference = parts["forward"]["gflops"]
+    for name in ("backward", "optimizer"):
+        part = parts[name]
+        if part["ms"] < OVERHEAD_MS or part["gflop"] == 0:
+            continue
+        if part["gflops"] * SLOW_PART < reference:
+            warnings.append(
+                f"warning: the {name} runs at {part['gflops']:,.1f} GFLOP/s, under 1/{SLOW_PART} "
+                f"of the forward pass's {reference:,.1f}: a slow or emulated kernel"
+            )
+    work = parts["forward"]["ms"] + parts["backward"]["ms"]
+    if parts["optimizer"]["ms"] > max(work, OVERHEAD_MS):
+        warnings.append(
+            f"warning: the optimizer step takes {parts['optimizer']['ms']:,.0f} ms, longer than "
+            f"forward and backward together ({work:,.0f} ms)"
+        )
+    return warnings
+
+
 def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup: int) -> dict:
     """Whole optimizer steps as bigram.train runs them: seeding, batch, forward, backward,
-    clipping, the optimizers (AdamW, and Muon for the modern architecture)."""
+    clipping, the optimizers (AdamW, and Muon for the modern architecture); then the same
+    steps timed in parts."""
     device = torch.device("cpu")
     config = bigram.TrainConfig(**shape)
     data = np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint8)
@@ -206,21 +287,26 @@ def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup
     model = scratch_model(shape)
     optimizers = bigram.make_optimizers(model, config, device)
     scaler = bigram.make_scaler(device, dtype)
+    batch = lambda i: bigram.get_batch(data, config, torch.Generator().manual_seed(i))
 
     def step(i: int) -> None:
-        seed = bigram.step_seed(config.seed, 0, i)
-        torch.manual_seed(seed)
-        batch = bigram.get_batch(data, config, torch.Generator().manual_seed(seed))
-        bigram.train_step(model, optimizers, scaler, [batch], config.grad_clip, device, dtype)
+        torch.manual_seed(i)
+        bigram.train_step(model, optimizers, scaler, [batch(i)], config.grad_clip, device, dtype)
 
     name = str(dtype).removeprefix("torch.")
     flops = bigram.flops_per_token(model)
     timing = training_throughput(step, shape, flops, peaks.get(f"{name}_gflops"), steps, warmup)
+    tokens = shape["batch_size"] * shape["block_size"]
+    batches = [batch(i) for i in range(steps)]
+    parts = time_parts(model, optimizers, scaler, batches, config, dtype, tokens)
     return {
         "dtype": name,
+        "optimizers": [type(o).__module__ + "." + type(o).__name__ for o in optimizers],
         "parameters": bigram.count_parameters(model),
         "flops_per_token": flops,
         **timing,
+        "parts": parts,
+        "warnings": part_warnings(parts),
     }
 
 
@@ -274,18 +360,20 @@ def scratch_generator(model: nn.Module, use_kv_cache: bool):
 def bench_generate(
     shape: dict, num_tokens: int, slow_tokens: int, batches: list[int], original: bool
 ) -> dict:
-    """Characters/s with the KV cache for batches of samples, float32 weights and bfloat16 ones,
-    and with the weights MODEL.py picks by default for one sample; then batch 1 without the cache,
-    and the original loop. Batch sizes count samples: the rates are for all of them together."""
+    """Characters/s with the KV cache for batches of samples, float32 weights and (where the CPU
+    has bf16 instructions) bfloat16 ones, and with the weights MODEL.py picks by default for one
+    sample; then batch 1 without the cache, and the original loop. Batch sizes count samples:
+    the rates are for all of them together."""
     torch.manual_seed(0)
     block = shape["block_size"]
     fp32 = scratch_model(shape).eval()
-    bf16 = scratch_model(shape).eval().to(torch.bfloat16)
+    weights = {str(dtype).removeprefix("torch."): copy.deepcopy(fp32).to(dtype)
+               for dtype in native_dtypes()}  # fmt: skip
     result: dict = {"batch": {}}
     for n in batches:
         result["batch"][str(n)] = {
             name: chars_per_second(scratch_generator(model, True), n, block, num_tokens)
-            for name, model in (("float32", fp32), ("bfloat16", bf16))
+            for name, model in weights.items()
         }
     result["kv_cache_chars_per_s"] = result["batch"]["1"]["float32"]
     # What MODEL.py generates one sample with by default (--weights auto): bf16 on CPUs with bf16
@@ -441,7 +529,7 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "native_bf16": bigram.cpu_has_native_bf16(),
+        "native_bf16": hardware.cpu_has_native_bf16(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
@@ -453,12 +541,15 @@ def table_rows(results: dict) -> list[tuple[str, str, str]]:
         m = results["matmul"]
         sizes = "/".join(str(n) for n in m["sizes"])
         for dtype in ("float32", "bfloat16"):
-            value = f"{m[dtype + '_gflops']:,.0f}"
+            value = f"{m[dtype + '_gflops']:,.0f}" if dtype + "_gflops" in m else "emulated"
             rows.append((f"matmul peak {dtype} (best of n={sizes})", value, "GFLOP/s"))
     if "train" in results:
         t = results["train"]
         mfu = lambda r: f"tokens/s, MFU {r['mfu']:.1%}" if r["mfu"] is not None else "tokens/s"
         rows.append((f"train ScratchGPT, {t['dtype']}", f"{t['tokens_per_s']:,.0f}", mfu(t)))
+        for name, part in t["parts"].items():
+            flops = f"ms; {part['gflop']:,.2f} GFLOP at {part['gflops']:,.1f} GFLOP/s"
+            rows.append((f"  of one step: {name}", f"{part['ms']:,.1f}", flops))
         if "original" in t:
             o = t["original"]
             rows.append(("train original gpt.py, float32", f"{o['tokens_per_s']:,.0f}", mfu(o)))
@@ -518,6 +609,8 @@ def print_report(results: dict) -> None:
     value_width = max(len(r[1]) for r in rows)
     for name, value, unit in rows:
         print(f"{name:<{width}}  {value:>{value_width}}  {unit}")
+    for warning in results.get("train", {}).get("warnings", []):
+        print(warning)
 
 
 # -----------------------------------------------------------------------------
@@ -582,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
     except corpus.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    dtype = bigram.resolve_dtype(args.dtype, torch.device("cpu"))
+    dtype = hardware.resolve_dtype(args.dtype, torch.device("cpu"))
     name = "tiny" if tiny else f"preset {args.preset}"
     arch = bigram.arch_name(bigram.TrainConfig(**shape))
     results: dict = {"machine": machine(), "config": shape | {"name": name, "arch": arch}}

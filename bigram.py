@@ -31,9 +31,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import corpus
 import files
+import hardware
 import plots
 from corpus import split_corpus
 from files import UserError
+from hardware import autocast, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 # Hyperparameters. Two architectures: `classic` is the 2019 recipe of the original (GPT-2's
@@ -45,8 +47,10 @@ ARCHITECTURES = {
     "modern": dict(rope=True, norm="rms", qk_norm=True, mlp="relu2", bias=False,
                    split_qkv=True, optimizer="muon", schedule="wsd"),
 }  # fmt: skip
-# `gpu` is the reference run; `cpu` was chosen by measurement for the best validation loss in
-# about ten minutes on a 2-core CPU (see README, "Presets").
+# `gpu` is the reference run. The CPU presets train for ten minutes (max_iters is a cap), each
+# shape chosen by measurement for the best validation loss in that time on 2 cores: `cpu` for CPUs
+# with bf16 instructions, `cpu-float32` for the others (most laptops), which do a third of the
+# arithmetic in that time (docs/results.md).
 PRESETS = {
     "gpu": dict(
         n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
@@ -56,7 +60,13 @@ PRESETS = {
     ),
     "cpu": dict(
         n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
-        max_iters=2300, eval_interval=250, eval_iters=20,
+        max_iters=2300, max_minutes=10, eval_interval=250, eval_iters=20,
+        lr=2e-3, min_lr=2e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
+        **ARCHITECTURES["modern"],
+    ),
+    "cpu-float32": dict(
+        n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
+        max_iters=2300, max_minutes=10, eval_interval=250, eval_iters=20,
         lr=2e-3, min_lr=2e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
         **ARCHITECTURES["modern"],
     ),
@@ -472,50 +482,6 @@ def cache_dtype(model: nn.Module) -> torch.dtype:
 
 
 # -----------------------------------------------------------------------------
-# Devices and precision
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA if present, else Apple MPS, else CPU; an unavailable choice is an error."""
-    mps_available = torch.backends.mps.is_available()
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu"
-    elif name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available (try --device cpu)")
-    elif name == "mps" and not mps_available:
-        raise UserError("--device mps: Apple MPS is not available (try --device cpu)")
-    return torch.device(name)
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512_BF16 or AMX), where bf16 beats float32."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in cpuinfo or " amx_bf16" in cpuinfo
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The autocast precision: bf16 where the hardware does it natively, float32 otherwise."""
-    if name == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    if name == "float16" and device.type == "cpu":
-        raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on the CPU")
-    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--dtype bfloat16: this GPU has no bf16; use float16 or float32")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# -----------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -745,7 +711,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=DATASET_FILES, help="default: shakespeare")
     p.add_argument("--data", help="corpus: a UTF-8 text file, or a .rar for reddit")
     p.add_argument("--out", help="checkpoint path (default checkpoints/<dataset>.pt)")
-    p.add_argument("--preset", choices=PRESETS, help="default: gpu on CUDA, cpu otherwise")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="default: gpu on CUDA; cpu on CPUs with bf16 instructions; cpu-float32 on others",
+    )
     p.add_argument("--model", choices=MODEL_TYPES, help="gpt (default) or the bigram baseline")
     for name, choices, text in [
         ("arch", ARCHITECTURES, "the switches below at once; default: the preset's (cpu: modern)"),
@@ -777,7 +747,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         ("warmup_iters", int, "steps of linear warmup"),
         ("weight_decay", float, "weight decay of the matrices (AdamW and Muon)"),
         ("grad_clip", float, "clip the gradient norm to this (0: off)"),
-        ("max_minutes", float, "time budget: the schedule fits it, then training stops"),
+        ("max_minutes", float, "time budget: the schedule fits it, then training stops (0: none)"),
         ("seed", int, "random seed"),
         ("max_vocab", int, "reddit: keep this many characters, the rarest become one symbol"),
         ("sample_chars", int, "characters of sample text at each evaluation (0: none)"),
@@ -799,6 +769,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def default_preset(device: torch.device) -> str:
+    """gpu on CUDA; on a CPU, the preset of its class: with bf16 instructions or without."""
+    if device.type == "cuda":
+        return "gpu"
+    return "cpu" if hardware.native_bf16(device) else "cpu-float32"
+
+
 def make_config(args: argparse.Namespace, device: torch.device, saved: dict | None) -> TrainConfig:
     """Preset (or the resumed run's saved settings), then the flags given on the command line."""
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
@@ -816,7 +793,7 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
                     f"--resume keeps the saved model's shape and optimizer; drop {which}"
                 )
         return TrainConfig(**{**saved, **arch, **given})  # --arch's schedule applies
-    preset = given.get("preset") or ("gpu" if device.type == "cuda" else "cpu")
+    preset = given.get("preset") or default_preset(device)
     config = TrainConfig(**{**PRESETS[preset], **arch, **given, "preset": preset})
     config.data = config.data or str(DATASET_FILES[config.dataset])
     config.out = config.out or str(CHECKPOINT_DIR / f"{config.dataset}.pt")
@@ -917,6 +894,7 @@ def estimate_loss(model, splits: dict, config: TrainConfig, device, dtype) -> di
     return losses
 
 
+PROGRESS_BAR = "{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 LN2 = math.log(2)  # nats per bit: a loss in nats over LN2 is bits per character
 EXHAUSTIVE_MAX_CHARS = 2_000_000  # a Reddit-sized split is scored on its first 2M characters
 
@@ -951,6 +929,13 @@ def exhaustive_val_loss(model, data: np.ndarray, block_size: int, device, dtype)
     return total / count
 
 
+def run_progress(it: int, elapsed: float, config: TrainConfig) -> float:
+    """The share of the run done (0..1): of its iterations, or of its time budget if that is
+    further along. The learning rate schedule and the progress bar both follow it."""
+    by_time = elapsed / (config.max_minutes * 60) if config.max_minutes else 0.0
+    return min(1.0, max(it / config.max_iters, by_time))
+
+
 def lr_scale(progress: float, step: int, config: TrainConfig) -> float:
     """The share of each peak learning rate to use now: linear warmup, then down to
     min_lr / lr as progress (0..1) goes to 1, along a cosine or, for "wsd", flat until the last
@@ -982,8 +967,8 @@ def make_optimizers(model: nn.Module, config: TrainConfig, device: torch.device)
     optimizers = [torch.optim.AdamW(groups, lr=config.lr, betas=ADAM_BETAS, fused=fused)]
     if hidden:
         optimizers.append(
-            torch.optim.Muon(hidden, lr=config.muon_lr, weight_decay=config.weight_decay,
-                             momentum=MUON_MOMENTUM, nesterov=True)
+            hardware.muon(hidden, device, lr=config.muon_lr, weight_decay=config.weight_decay,
+                          momentum=MUON_MOMENTUM, nesterov=True)
         )  # fmt: skip
     return optimizers
 
@@ -1301,7 +1286,8 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     dtype = resolve_dtype(config.dtype, device)
     say = print if ddp.is_main else lambda *a, **k: None
     if not args.resume and not args.preset:
-        say(f"preset: {config.preset} (picked for device {device.type}; --preset overrides)")
+        budget = f", {config.max_minutes:g} minutes" if config.max_minutes else ""
+        say(f"preset: {config.preset}{budget} (picked for this {device.type}; --preset overrides)")
     train_data, val_data = split_corpus(data.tokens)
 
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -1390,7 +1376,9 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
         if not math.isfinite(losses["val"]):
             bad_loss = losses["val"]
 
-    bar = tqdm(total=config.max_iters, initial=start_iter, unit="it", disable=not ddp.is_main)
+    # The bar counts the share of the run done, so its time left is right whichever budget ends it.
+    done = run_progress(start_iter, elapsed_before, config)
+    bar = tqdm(total=1.0, initial=done, bar_format=PROGRESS_BAR, disable=not ddp.is_main)
     picture = plots.RunPicture(log.with_suffix(".png"), note=bar.write)
     t_start = time.perf_counter() - elapsed_before
     budget_s = config.max_minutes * 60
@@ -1410,9 +1398,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
                 why = "interrupted" if stop.is_set() else f"{config.max_minutes:g} minutes spent"
                 bar.write(f"stopping at iter {it} ({why}): evaluating, saving if best")
                 break
-            # Progress is the share of whichever budget (iterations or minutes) runs out first.
-            progress = max(it / config.max_iters, elapsed / budget_s if budget_s else 0.0)
-            scale = lr_scale(progress, it, config)
+            scale = lr_scale(run_progress(it, elapsed, config), it, config)
             set_learning_rates(optimizers, config, scale)
             seed = step_seed(config.seed, ddp.rank, it)
             torch.manual_seed(seed)  # dropout masks
@@ -1420,7 +1406,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
             micro = [get_batch(train_data, config, batches) for _ in range(config.grad_accum)]
             loss = train_step(forward, optimizers, scaler, micro, config.grad_clip, device, dtype)
             it += 1
-            bar.update(1)
+            bar.update(run_progress(it, time.perf_counter() - t_start, config) - bar.n)
             if it % 10 == 0:  # reading the loss waits for the GPU: not every step
                 loss_value = loss.item()
                 if not math.isfinite(loss_value):
@@ -1429,6 +1415,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
                 tokens_per_sec = (it - it_window) * tokens_per_step / (now - t_window)
                 t_window, it_window = now, it
                 bar.set_postfix(
+                    iter=it,
                     loss=f"{loss_value:.4f}",
                     lr=f"{config.lr * scale:.2e}",
                     tok_s=f"{tokens_per_sec:,.0f}",

@@ -11,12 +11,14 @@ import torch
 from support import REPO
 
 import bench
+import hardware
 
 KEYS = {
     "machine": {"cpu", "cores", "torch_threads", "torch", "native_bf16"},
     "config": {"n_layer", "n_head", "n_embd", "block_size", "batch_size", "dropout"},
-    "matmul": {"float32_gflops", "bfloat16_gflops", "sizes"},
-    "train": {"dtype", "tokens_per_s", "ms_per_step", "mfu", "flops_per_token", "original"},
+    "matmul": {"float32_gflops", "sizes"},
+    "train": {"dtype", "tokens_per_s", "ms_per_step", "mfu", "flops_per_token", "original"}
+    | {"parts", "warnings", "optimizers"},
     "generate": {"kv_cache_chars_per_s", "no_cache_chars_per_s", "original_chars_per_s", "batch"},
     "corpus": {"original", "load_reddit"},
 }
@@ -37,7 +39,9 @@ def test_tiny_run_writes_every_section_to_json(tmp_path):
         assert keys <= results[section].keys(), section
     assert results["train"]["tokens_per_s"] > 0 and 0 < results["train"]["mfu"]
     assert {"tokens_per_s", "mfu"} <= results["train"]["original"].keys()
-    assert set(results["generate"]["batch"]["2"]) == {"float32", "bfloat16"}
+    native = {"float32", "bfloat16"} if hardware.cpu_has_native_bf16() else {"float32"}
+    assert set(results["generate"]["batch"]["2"]) == native
+    assert set(results["train"]["parts"]) == {"forward", "backward", "optimizer"}
     corpus = results["corpus"]
     assert corpus["original"]["peak_rss_mb"] > 0 and corpus["original"]["tokens"] > 0
     if corpus["load_reddit"]["available"]:
@@ -81,3 +85,30 @@ def test_original_model_learns_like_gpt_py():
     assert abs(loss.item() - torch.log(torch.tensor(bench.VOCAB_SIZE)).item()) < 0.5
     out = model.generate(x[:1, :5], max_new_tokens=40)  # past block_size: the window slides
     assert out.shape == (1, 45) and torch.equal(out[:, :5], x[:1, :5])
+
+
+def test_without_bf16_instructions_nothing_is_timed_in_bf16(tmp_path, monkeypatch):
+    # Emulated bf16 is many times slower than float32: timing it would take the whole run.
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    out = tmp_path / "bench.json"
+    argv = ["--tiny", "--only", "matmul,train,generate", "--skip-original", "--json", str(out)]
+    assert bench.main(argv) == 0
+    results = json.loads(out.read_text())
+    assert "bfloat16" not in json.dumps(results)
+    assert results["train"]["dtype"] == "float32"
+    assert results["train"]["optimizers"][-1] == "hardware.Muon"  # its iteration in float32
+
+
+def parts(forward_ms: float, backward_ms: float, optimizer_ms: float) -> dict:
+    """Step parts as bench.time_parts reports them, at 1, 2 and 0.5 GFLOP."""
+    timed = {"forward": (forward_ms, 1.0), "backward": (backward_ms, 2.0),
+             "optimizer": (optimizer_ms, 0.5)}  # fmt: skip
+    return {n: {"ms": ms, "gflop": g, "gflops": g / ms * 1000} for n, (ms, g) in timed.items()}
+
+
+def test_a_part_far_out_of_line_with_its_flops_is_a_warning():
+    assert bench.part_warnings(parts(100, 200, 60)) == []  # in line with their FLOPs
+    slow = bench.part_warnings(parts(180, 480, 5200))  # torch's Muon in emulated bf16
+    assert len(slow) == 2 and all(line.startswith("warning: the optimizer") for line in slow)
+    assert "longer than forward and backward together" in slow[1]
+    assert bench.part_warnings(parts(1, 2, 4)) == []  # a tiny model: overhead, not arithmetic

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -396,16 +395,3 @@ def test_fine_tuning_refuses_what_it_cannot_do(tmp_path, capsys):
     ]:
         assert message in main_error(bigram.main, [*run, *flags], capsys)
     assert not (tmp_path / "ft.pt").exists()
-
-
-def test_a_machine_without_proc_cpuinfo_trains_in_float32(monkeypatch):
-    real_read_text = Path.read_text
-
-    def no_proc(path, *args, **kwargs):
-        if str(path) == "/proc/cpuinfo":
-            raise FileNotFoundError(path)
-        return real_read_text(path, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", no_proc)
-    assert not bigram.cpu_has_native_bf16()
-    assert bigram.resolve_dtype("auto", torch.device("cpu")) == torch.float32

@@ -10,6 +10,7 @@ import torch
 from support import REPO, TINY_RUN, assert_clean_error, main_error, run_script, write_corpus
 
 import bigram
+import hardware
 import MODEL
 
 
@@ -209,5 +210,5 @@ def test_default_weights_follow_a_fixed_rule_so_a_seed_writes_the_same_text(
     monkeypatch.setattr(MODEL, "seconds_per_step", lambda m, batch: pytest.fail("timed"))
     picked = lambda batch: MODEL.cpu_weights(copy.deepcopy(model), "auto", batch)
     dtype = lambda batch: next(picked(batch).parameters()).dtype
-    expected = torch.bfloat16 if bigram.cpu_has_native_bf16() else torch.float32
+    expected = torch.bfloat16 if hardware.cpu_has_native_bf16() else torch.float32
     assert dtype(1) == dtype(8) == expected  # never timed: the same on every run

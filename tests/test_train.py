@@ -12,6 +12,7 @@ import torch
 from support import REPO, TINY_MODEL, TINY_RUN, main_error, write_corpus
 
 import bigram
+import hardware
 from bigram import load_checkpoint
 
 
@@ -117,9 +118,33 @@ def test_arch_sets_the_switches_and_single_flags_override_it():
     assert bigram.recipe(default).startswith("modern (")  # the cpu preset's, by measurement
 
 
-def test_cpu_preset_is_picked_without_a_gpu(capsys):
+@pytest.mark.parametrize("native_bf16, preset", [(True, "cpu"), (False, "cpu-float32")])
+def test_a_cpu_trains_its_class_preset_for_ten_minutes(monkeypatch, native_bf16, preset):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
     config = bigram.make_config(bigram.parse_args([]), torch.device("cpu"), saved=None)
-    assert config.preset == "cpu" and config.n_embd == bigram.PRESETS["cpu"]["n_embd"]
+    assert config.preset == preset and config.max_minutes == 10
+    assert config.n_embd == bigram.PRESETS[preset]["n_embd"]
+
+
+def test_a_gpu_trains_the_reference_run_by_steps():
+    config = bigram.make_config(bigram.parse_args([]), torch.device("cuda"), saved=None)
+    assert config.preset == "gpu" and config.max_minutes == 0 and config.max_iters == 5000
+
+
+def test_progress_follows_whichever_budget_is_further_along():
+    budget = bigram.TrainConfig(max_iters=1000, max_minutes=10)
+    assert bigram.run_progress(100, 300.0, budget) == 0.5  # 5 of 10 minutes
+    assert bigram.run_progress(800, 300.0, budget) == 0.8  # 800 of 1000 steps
+    assert bigram.run_progress(900, 900.0, budget) == 1.0
+    assert bigram.run_progress(100, 900.0, bigram.TrainConfig(max_iters=1000)) == 0.1
+
+
+def test_the_progress_bar_counts_down_the_time_budget(tmp_path, capsys):
+    # 100000 steps would take hours; the budget of 3 seconds ends the run, and the bar says so.
+    train(tmp_path, "--max-iters", "100000", "--eval-interval", "1000", "--max-minutes", "0.05")
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if "%|" in line][-1]
+    assert last.startswith("100%|") and "<00:00" in last, last
 
 
 SHAKESPEARE = REPO / "data/input.txt"  # .ci/run copies the real corpus here

@@ -1,0 +1,210 @@
+"""hardware.py: bf16 only where the CPU has bf16 instructions, and a Muon that can do without.
+
+The CPU class of the machine running the tests varies (AVX2 only, AVX512_BF16, AMX), so the
+answer of hardware.cpu_has_native_bf16() is set by each test that depends on it: every class's
+path runs on every machine.
+"""
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+import bigram
+import hardware
+import MODEL
+
+CPU = torch.device("cpu")
+PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "matmul", "linear"}
+
+
+class Bf16Ops(TorchDispatchMode):
+    """Records the name of every operation that reads or writes a bf16 tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.dtype == torch.bfloat16 for t in tensors):
+            self.names.append(func.__name__.split(".")[0])
+        return out
+
+    def products(self) -> list[str]:
+        return [name for name in self.names if name in PRODUCTS]
+
+
+def fake_cpu(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native)
+
+
+def modern_run(native: bool, monkeypatch):
+    """A tiny modern model with its optimizers and precision, as bigram.py sets them up."""
+    fake_cpu(monkeypatch, native)
+    arch = bigram.ARCHITECTURES["modern"]
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, dropout=0.1)
+    config = bigram.TrainConfig(**shape, **arch)
+    switches = {k: arch[k] for k in bigram.MODEL_SWITCHES}
+    model_shape = {k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
+    torch.manual_seed(0)
+    model = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=20, **model_shape, **switches))
+    optimizers = bigram.make_optimizers(model, config, CPU)
+    dtype = hardware.resolve_dtype("auto", CPU)
+    return model, optimizers, config, dtype
+
+
+def training_step_ops(native: bool, monkeypatch) -> tuple[Bf16Ops, Bf16Ops]:
+    """The bf16 operations of one training step: forward and backward, then the optimizers."""
+    model, optimizers, config, dtype = modern_run(native, monkeypatch)
+    data = np.random.default_rng(0).integers(0, 20, 2000, dtype=np.uint8)
+    x, y = bigram.get_batch(data, config, torch.Generator().manual_seed(0))
+    forward_backward, optimizer = Bf16Ops(), Bf16Ops()
+    with forward_backward, hardware.autocast(CPU, dtype):
+        _, loss = model(x, y)
+        loss.backward()
+    with optimizer:
+        for opt in optimizers:
+            opt.step()
+    return forward_backward, optimizer
+
+
+def test_without_bf16_instructions_a_training_step_runs_no_bf16(monkeypatch):
+    forward_backward, optimizer = training_step_ops(native=False, monkeypatch=monkeypatch)
+    assert forward_backward.names == [] and optimizer.names == []
+
+
+def test_with_bf16_instructions_training_takes_the_bf16_path(monkeypatch):
+    forward_backward, optimizer = training_step_ops(native=True, monkeypatch=monkeypatch)
+    assert "mm" in forward_backward.products()  # autocast's matrix products
+    assert "addmm" in optimizer.products()  # torch's Muon iterates in bf16
+
+
+def test_muon_is_torchs_only_where_bf16_is_native(monkeypatch):
+    _, optimizers, _, _ = modern_run(native=True, monkeypatch=monkeypatch)
+    assert type(optimizers[1]) is torch.optim.Muon
+    _, optimizers, _, _ = modern_run(native=False, monkeypatch=monkeypatch)
+    assert type(optimizers[1]) is hardware.Muon and optimizers[1].ns_dtype == torch.float32
+
+
+def tiny_model(native: bool, monkeypatch) -> torch.nn.Module:
+    model, _, _, _ = modern_run(native, monkeypatch)
+    return MODEL.cpu_weights(model.eval(), "auto", batch_size=1)  # MODEL.py's default weights
+
+
+def generation_ops(model: torch.nn.Module) -> Bf16Ops:
+    """The bf16 operations of generating from a prompt: the prompt's pass, then one-token steps."""
+    ops = Bf16Ops()
+    with ops:
+        for _ in bigram.generate_tokens(model, torch.zeros((1, 3), dtype=torch.long), 4):
+            pass
+    return ops
+
+
+def test_without_bf16_instructions_generation_and_evaluation_run_no_bf16(monkeypatch):
+    model = tiny_model(native=False, monkeypatch=monkeypatch)
+    assert generation_ops(model).names == []
+    data = np.random.default_rng(0).integers(0, 20, 200, dtype=np.uint8)
+    dtype = hardware.resolve_dtype("auto", CPU)
+    evaluation = Bf16Ops()
+    with evaluation:
+        bigram.exhaustive_val_loss(model, data, 16, CPU, dtype)
+        with hardware.autocast(CPU, dtype):  # the sample printed at each evaluation
+            bigram.training_sample(model, [chr(65 + i) for i in range(20)], 5, 0, CPU)
+    assert evaluation.names == []
+
+
+def test_with_bf16_instructions_generation_reads_bf16_weights(monkeypatch):
+    model = tiny_model(native=True, monkeypatch=monkeypatch)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert generation_ops(model).products()
+
+
+def muon_pair(shape: tuple[int, int], ns_dtype: torch.dtype, nesterov: bool = True):
+    """torch's Muon and hardware.Muon on two copies of the same weights."""
+    torch.manual_seed(0)
+    weights = [torch.nn.Parameter(torch.randn(shape)) for _ in range(2)]
+    copies = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    settings = dict(lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=nesterov)
+    ours = hardware.Muon(copies, ns_dtype=ns_dtype, **settings)
+    return (weights, torch.optim.Muon(weights, **settings)), (copies, ours)
+
+
+def step_both(pair, gradients) -> None:
+    for weights, optimizer in pair:
+        for w, g in zip(weights, gradients, strict=True):
+            w.grad = g.clone()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("shape", [(16, 48), (48, 16), (24, 24)])
+def test_muon_in_bf16_is_torchs_muon_exactly(shape, nesterov):
+    # With the same precision the replacement must be torch's step bit for bit: momentum,
+    # Nesterov, the wide/tall transpose, weight decay and the learning-rate adjustment.
+    pair = muon_pair(shape, torch.bfloat16, nesterov)
+    for step in range(3):
+        step_both(pair, [torch.randn(shape, generator=torch.Generator().manual_seed(step))] * 2)
+    (theirs, _), (ours, _) = pair
+    assert all(torch.equal(a, b) for a, b in zip(theirs, ours, strict=True))
+
+
+def test_muon_in_float32_agrees_with_torchs_to_bf16_precision():
+    pair = muon_pair((32, 96), torch.float32)
+    (theirs, _), (ours, _) = pair
+    before = theirs[0].detach().clone()
+    step_both(pair, [torch.randn(32, 96), torch.randn(32, 96)])
+    step_theirs, step_ours = theirs[0].detach() - before, ours[0].detach() - before
+    assert (step_ours - step_theirs).norm() < 0.02 * step_theirs.norm()
+
+
+def test_muon_state_moves_between_torchs_and_ours():
+    # A checkpoint saved on a bf16 machine resumes on an AVX2 laptop, and back.
+    (theirs, torch_muon), (ours, our_muon) = muon_pair((8, 8), torch.float32)
+    step_both(((theirs, torch_muon), (ours, our_muon)), [torch.randn(8, 8)] * 2)
+    our_muon.load_state_dict(copy.deepcopy(torch_muon.state_dict()))
+    torch_muon.load_state_dict(copy.deepcopy(our_muon.state_dict()))
+    buffer = our_muon.state[ours[0]]["momentum_buffer"]
+    assert torch.equal(buffer, torch_muon.state[theirs[0]]["momentum_buffer"])
+
+
+def test_a_machine_without_proc_cpuinfo_trains_in_float32(monkeypatch):
+    real_read_text = Path.read_text
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", no_proc)
+    assert not hardware.cpu_has_native_bf16()
+    assert hardware.resolve_dtype("auto", CPU) == torch.float32
+
+
+@pytest.mark.parametrize(
+    "variables, native",
+    [
+        ({}, True),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, False),
+        ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}, True),
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, False),
+        ({"ATEN_CPU_CAPABILITY": "avx512"}, True),
+    ],
+)
+def test_kernels_restricted_to_an_isa_without_bf16_count_as_no_bf16(monkeypatch, variables, native):
+    # A bf16 CPU restricted to AVX2 kernels emulates bf16 as an AVX2 laptop does.
+    real_read_text = Path.read_text
+    flags = "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+    fake = lambda path, *a, **k: flags if str(path) == "/proc/cpuinfo" else real_read_text(path)
+    monkeypatch.setattr(Path, "read_text", fake)
+    for name in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert hardware.cpu_has_native_bf16() is native
