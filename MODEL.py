@@ -63,9 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+MAX_CHARS = 10_000_000  # characters one command writes, all samples together: kept in memory
+
+
 def check_args(args: argparse.Namespace) -> None:
     if args.num_tokens < 0 or args.num_samples < 1:
         raise UserError("--num-tokens must be >= 0 and --num-samples >= 1")
+    if args.num_tokens * args.num_samples > MAX_CHARS:
+        raise UserError(
+            f"--num-tokens x --num-samples asks for {args.num_tokens * args.num_samples:,} "
+            f"characters; the limit is {MAX_CHARS:,} per command"
+        )
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise UserError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
@@ -186,28 +194,39 @@ def generate(args: argparse.Namespace) -> None:
     stream = args.num_samples == 1 and not args.no_stream
     if stream:
         print(prompt, end="", flush=True)
-    steps = []
+    tokens = torch.empty((args.num_samples, args.num_tokens), dtype=torch.long)
     with hardware.autocast(device, dtype):
-        for step in generate_tokens(
+        for i, step in enumerate(generate_tokens(
             model, prompt_ids, args.num_tokens, args.temperature, args.top_k, args.top_p,
             use_kv_cache=not args.no_kv_cache, generator=generator,
-        ):  # fmt: skip
-            steps.append(step)
+        )):  # fmt: skip
+            tokens[:, i] = step[:, 0]
             if stream:
                 print(vocab[step[0, 0].item()], end="", flush=True)
-    tokens = torch.cat(steps, dim=1).tolist() if steps else [[] for _ in range(args.num_samples)]
-    samples = [prompt + decode(row, vocab) for row in tokens]
+    samples = [prompt + decode(row, vocab) for row in tokens.tolist()]
     text = samples[0] if len(samples) == 1 else format_samples(samples)
     if stream:
         print()
     else:
         print(text)
     if args.output is not None:
-        try:
-            with files.atomic_file(args.output) as f:  # a full disk leaves the old file whole
-                f.write((text + "\n").encode("utf-8"))
-        except OSError as e:
-            raise UserError(f"cannot write {args.output}: {e.strerror}") from None
+        write_output(args.output, text, args.overwrite)
+
+
+def write_output(path: Path, text: str, overwrite: bool) -> None:
+    """Whole or not at all (a full disk leaves the old file whole). Without overwrite the file is
+    created only if its name is still free, in one step: of two commands writing the same new
+    file, the second is refused instead of replacing the first's text."""
+    try:
+        with files.atomic_file(path, replace=overwrite) as f:
+            f.write((text + "\n").encode("utf-8"))
+    except FileExistsError:
+        raise UserError(
+            f"--output {path} was created by another program while this one wrote: it is not "
+            "replaced (the text is above; --overwrite replaces it)"
+        ) from None
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}") from None
 
 
 def format_samples(samples: list[str]) -> str:
@@ -282,7 +301,11 @@ SETTINGS = {
     "temp": ("temperature", number(float, lambda t: 0 <= t < math.inf), "a number >= 0"),
     "top-k": ("top_k", number(int, lambda k: k >= 1, off=True), "a whole number >= 1, or off"),
     "top-p": ("top_p", number(float, lambda p: 0 < p <= 1, off=True), "a number in (0, 1], or off"),
-    "chars": ("chars", number(int, lambda n: n >= 0), "a whole number >= 0"),
+    "chars": (
+        "chars",
+        number(int, lambda n: 0 <= n <= MAX_CHARS),
+        f"a whole number, 0 to {MAX_CHARS:,}",
+    ),
     "seed": ("seed", number(int, lambda s: 0 <= s <= MAX_SEED), f"a whole number, 0 to {MAX_SEED}"),
     "keep": ("keep", on_off, "on or off"),
 }

@@ -9,6 +9,7 @@ Importing this file has no side effects: MODEL.py imports the model and the chec
 
 import argparse
 import gc
+import hashlib
 import json
 import math
 import os
@@ -485,11 +486,17 @@ def cache_dtype(model: nn.Module) -> torch.dtype:
 # Checkpoints
 
 
-def save_checkpoint(checkpoint: dict, path: Path) -> None:
-    """Atomic: a crash, a kill or a full disk while saving leaves the previous checkpoint."""
+def save_checkpoint(checkpoint: dict, path: Path, replace: bool = True) -> None:
+    """Atomic: a crash, a kill or a full disk while saving leaves the previous checkpoint.
+    A run's first save (replace=False) creates the file only if no other program did meanwhile."""
     try:
-        with files.atomic_file(path) as f:
+        with files.atomic_file(path, replace=replace) as f:
             torch.save(checkpoint, f)
+    except FileExistsError:
+        raise UserError(
+            f"checkpoint {path} was created by another program while this run trained: it is not "
+            "replaced; train again into another --out"
+        ) from None
     except OSError as e:
         raise UserError(
             f"cannot save checkpoint {path}: {e.strerror or e}; the previous one there is intact"
@@ -816,6 +823,7 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+MAX_SAMPLE_CHARS = 100_000  # a sample at each evaluation: longer would cost more than training
 MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch's generators both take 0 .. 2**63 - 1
 
 
@@ -844,8 +852,8 @@ def validate(config: TrainConfig) -> None:
         if getattr(config, name) not in choices:  # a damaged checkpoint's settings
             raise UserError(f"{flag(name)} must be one of {', '.join(choices)}")
     check_seed(config.seed)
-    if config.sample_chars < 0:
-        raise UserError("--sample-chars must not be negative")
+    if not 0 <= config.sample_chars <= MAX_SAMPLE_CHARS:
+        raise UserError(f"--sample-chars must be between 0 and {MAX_SAMPLE_CHARS:,}")
 
 
 def is_reddit(config: TrainConfig) -> bool:
@@ -1025,27 +1033,46 @@ def flops_per_token(model: nn.Module) -> float:
     return 6 * n
 
 
-def append_log(path: Path, record: dict) -> None:
+def append_log(path: Path, record: dict, new: bool = False) -> None:
+    """One line per record; a new log (new=True) is created only if no other program did."""
     try:
-        with path.open("a") as f:
+        with path.open("x" if new else "a") as f:
             f.write(json.dumps(record) + "\n")
+    except FileExistsError:
+        raise UserError(
+            f"training log {path} was created by another program while this run trained; "
+            "the checkpoint is saved: continue with --resume once you moved that file away"
+        ) from None
     except OSError as e:
         raise UserError(f"cannot write the training log {path}: {e.strerror}") from None
+
+
+def log_records(path: Path) -> list[tuple[str, dict]]:
+    """The JSON objects of a log with their lines; damaged or cut lines (a kill) are skipped."""
+    records = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("iter"), int):
+            records.append((line, record))
+    return records
+
+
+def is_training_log(path: Path) -> bool:
+    """Empty, or holding at least one line that a run wrote: not someone else's file."""
+    return path.stat().st_size == 0 or bool(log_records(path))
 
 
 def trim_log(path: Path, last_iter: int) -> None:
     """On resume, drop log lines past the checkpoint (those iterations are about to be redone)
     and the summary that ended the interrupted run (the resumed run will write its own)."""
     if path.exists():
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-                if record["iter"] <= last_iter and "val_loss" in record:  # not a run's summary
-                    kept.append(line + "\n")
-            except (ValueError, KeyError, TypeError):
-                pass  # a line cut short by a kill: drop it
-        path.write_text("".join(kept))
+        kept = [line + "\n" for line, record in log_records(path)
+                if record["iter"] <= last_iter and "val_loss" in record]  # fmt: skip
+        with files.atomic_file(path) as f:  # a kill now leaves the old log, not half of it
+            f.write("".join(kept).encode("utf-8"))
 
 
 @contextmanager
@@ -1137,10 +1164,22 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     return CHECKPOINT_DIR / f"{dataset}.pt"
 
 
+def run_outputs(checkpoint: Path) -> dict[str, Path]:
+    """Every file a training run creates or replaces, each named after its checkpoint (run.pt):
+    the checkpoint, its log (run.pt.jsonl, a line per evaluation), its picture (run.pt.png) and
+    its lock (run.pt.lock). Each is written through a temporary file beside it
+    (run.pt.XXXXXXXX.tmp). A Reddit archive's token cache goes to data/cache, under names that
+    carry a hash of the archive."""
+    return {
+        "checkpoint": checkpoint,
+        "training log": checkpoint.with_name(checkpoint.name + ".jsonl"),
+        "picture": checkpoint.with_name(checkpoint.name + ".png"),
+        "lock": files.lock_path(checkpoint),
+    }
+
+
 def log_path(checkpoint: Path) -> Path:
-    """The training log: the checkpoint's whole name plus .jsonl (run.pt -> run.pt.jsonl), so it
-    is never a file the user named, nor the log of another checkpoint."""
-    return checkpoint.with_name(checkpoint.name + ".jsonl")
+    return run_outputs(checkpoint)["training log"]
 
 
 def load_resumable(out: Path) -> dict:
@@ -1164,23 +1203,36 @@ def load_resumable(out: Path) -> dict:
     return checkpoint
 
 
-def check_paths(config: TrainConfig, resume: bool) -> None:
-    """Nothing the run writes is one of its inputs, and a new run replaces nothing."""
-    out, data = Path(config.out), Path(config.data)
-    inputs = {"the corpus (--data)": data}
+def run_inputs(config: TrainConfig) -> dict[str, Path]:
+    """The files a run reads, by what they are to it."""
+    inputs = {"the corpus (--data)": Path(config.data)}
     if config.init_from:
         inputs["the checkpoint it starts from (--init-from)"] = Path(config.init_from)
-    files.check_not_input(out, "checkpoint", inputs)  # train() checked it can be written
-    files.check_output(log_path(out), "training log", inputs | {"the checkpoint": out})
+    return inputs
+
+
+def check_paths(config: TrainConfig, resume: bool) -> None:
+    """No output of the run (run_outputs) is one of its inputs, and none replaces a file the run
+    did not make: a new run finds none of them but a picture drawn by a run; --resume finds its
+    own checkpoint, and a log that is a training log."""
+    outputs, inputs = run_outputs(Path(config.out)), run_inputs(config)
+    for what, path in outputs.items():
+        files.check_not_input(path, what, inputs)
+    for what in ("training log", "picture"):  # train() checked the checkpoint
+        files.check_writable(outputs[what], what, named_by_user=False)
+    plots.check_replaceable(outputs["picture"])
+    out, log = outputs["checkpoint"], outputs["training log"]
     if resume:
+        if log.exists() and not is_training_log(log):
+            raise UserError(f"{log} is not a training log: move it away to resume {out}")
         return
     if out.exists() or out.is_symlink():  # a new run must never replace a trained model
         raise UserError(
             f"{out} exists: continue it with --resume --out {out}, or train into another --out"
         )
-    if log_path(out).exists():
+    if log.exists():
         raise UserError(
-            f"{log_path(out)} exists (the log of an earlier run): remove it, or use another --out"
+            f"{log} exists (the log of an earlier run): remove it, or use another --out"
         )
 
 
@@ -1217,6 +1269,29 @@ def check_same_corpus(given: Path, saved: Path, out: Path) -> None:
         )
 
 
+def corpus_identity(tokens: np.ndarray) -> dict:
+    """What a run trains on, to tell a changed corpus on --resume: its length in characters and a
+    hash of all its tokens (cheap even for a Reddit-sized corpus: a hash runs at memory speed)."""
+    digest = hashlib.sha256(memoryview(np.ascontiguousarray(tokens)).cast("B"))
+    return {"chars": len(tokens), "sha256": digest.hexdigest()}
+
+
+def check_corpus_unchanged(saved: dict | None, now: dict, config: TrainConfig) -> None:
+    """The corpus a run continues on is the one it trained on: another one moves the validation
+    split (the last 10%) over text that was trained on, so its losses would not compare."""
+    if saved is None or saved == now:  # checkpoints from before the record: nothing to compare
+        return
+    if saved.get("chars") != now["chars"]:
+        change = f"{saved.get('chars'):,} characters then, {now['chars']:,} now"
+    else:
+        change = "the same length, other text"
+    raise UserError(
+        f"--resume: {config.data} has changed since {config.out} trained on it ({change}), so its "
+        f"validation losses would not compare; to train on it anyway, start a new run from the "
+        f"model: python bigram.py --init-from {config.out} --data {config.data} --out NEW.pt"
+    )
+
+
 def shape_of(checkpoint: dict) -> dict:
     """The TrainConfig settings that a checkpoint's model fixes."""
     args = checkpoint["model_args"]
@@ -1241,6 +1316,9 @@ def prepare_run(args: argparse.Namespace, device: torch.device, ddp: Distributed
     if ddp.is_main:
         check_paths(config, args.resume)
         warn_ignored_flags(args, config)
+        inputs = list(run_inputs(config).values())
+        for path in run_outputs(out).values():  # a killed save's leftovers (we hold the lock)
+            files.remove_stale_temps(path, keep=inputs)
     data = load_corpus(config)
     trained = checkpoint or source
     if trained is not None:  # the model's characters keep their ids
@@ -1253,13 +1331,16 @@ def prepare_run(args: argparse.Namespace, device: torch.device, ddp: Distributed
         if added and ddp.is_main:
             print(f"vocabulary: {len(trained['vocab'])} characters from {config.init_from}, "
                   f"{len(added)} added: {''.join(added[:40])!r}")  # fmt: skip
+    identity = corpus_identity(data.tokens)
+    if checkpoint is not None:
+        check_corpus_unchanged(checkpoint.get("corpus"), identity, config)
     if len(data.tokens) < 10 * (config.block_size + 1):
         raise UserError(
             f"corpus {config.data} has {len(data.tokens)} characters; it needs at least "
             f"{10 * (config.block_size + 1)} (10 x (block_size + 1)) so that the 10% validation "
             "split holds one window"
         )
-    return config, data, checkpoint, source
+    return config, data, checkpoint, source, identity
 
 
 def train(args: argparse.Namespace) -> str | None:
@@ -1270,8 +1351,6 @@ def train(args: argparse.Namespace) -> str | None:
     out = checkpoint_path(args)
     files.check_writable(out, "checkpoint")  # and its folder exists, for the lock file
     with files.exclusive_lock(out, "checkpoint"):  # one run per checkpoint at a time
-        for written in (out, log_path(out).with_suffix(".png")):  # a killed save's leftovers:
-            files.remove_stale_temps(written)  # nobody else writes them while we hold the lock
         return run(args, ddp, device)
 
 
@@ -1280,7 +1359,7 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
 
     if not ddp.is_main:
         dist.barrier()  # rank 0 first: it downloads the corpus or builds the token cache once
-    config, data, checkpoint, source = prepare_run(args, device, ddp)
+    config, data, checkpoint, source, identity = prepare_run(args, device, ddp)
     if ddp.is_main and ddp.world_size > 1:
         dist.barrier()
     dtype = resolve_dtype(config.dtype, device)
@@ -1333,8 +1412,10 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
     splits = {"train": train_data, "val": val_data}
     best_iter = start_iter
 
+    saved = logged = checkpoint is not None  # a new run's first save and log line create files
+
     def evaluate_and_save(it: int, elapsed: float, tokens_per_sec: float) -> None:
-        nonlocal best_val_loss, best_iter, bad_loss
+        nonlocal best_val_loss, best_iter, bad_loss, saved, logged
         losses = estimate_loss(model, splits, config, device, dtype)
         val_bpc = losses["val"] / LN2
         record = {"iter": it, "train_loss": losses["train"], "val_loss": losses["val"]}
@@ -1356,11 +1437,9 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
                     model, data.vocab, config.sample_chars, config.seed, device
                 )
             bar.write("".join(f"    | {line}\n" for line in record["sample"].split("\n")), end="")
-        append_log(log, record)
-        picture.draw([log])
         if losses["val"] < best_val_loss:  # never true for NaN: a diverged model is not saved
             best_val_loss, best_iter = losses["val"], it
-            checkpoint = {
+            state = {
                 "model_args": model_args | {"model_type": config.model},
                 "vocab": data.vocab,
                 "model": model.state_dict(),
@@ -1371,15 +1450,23 @@ def run(args: argparse.Namespace, ddp: Distributed, device: torch.device) -> str
                 "rng": {"seed": config.seed, "next_step": it},  # see step_seed
                 "config": asdict(config),
                 "elapsed_s": elapsed,
+                "corpus": identity,  # see check_corpus_unchanged
             }
-            save_checkpoint(checkpoint, Path(config.out))
+            save_checkpoint(state, Path(config.out), replace=saved)
+            saved = True
+        # The checkpoint first, then the log: a kill between them leaves a checkpoint that
+        # --resume continues (trimming the log to it), never a log that nothing continues.
+        if saved:
+            append_log(log, record, new=not logged)
+            logged = True
+            picture.draw([log])
         if not math.isfinite(losses["val"]):
             bad_loss = losses["val"]
 
     # The bar counts the share of the run done, so its time left is right whichever budget ends it.
     done = run_progress(start_iter, elapsed_before, config)
     bar = tqdm(total=1.0, initial=done, bar_format=PROGRESS_BAR, disable=not ddp.is_main)
-    picture = plots.RunPicture(log.with_suffix(".png"), note=bar.write)
+    picture = plots.RunPicture(run_outputs(Path(config.out))["picture"], note=bar.write)
     t_start = time.perf_counter() - elapsed_before
     budget_s = config.max_minutes * 60
     it, last_eval, tokens_per_sec = start_iter, start_iter, 0.0

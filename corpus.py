@@ -186,7 +186,8 @@ def decode_utf8(f: BinaryIO, head: bytes = b"") -> Iterator[str]:
 
 
 def is_rar(path: Path) -> bool:
-    return path.suffix.lower() == ".rar" or rarfile.is_rarfile(str(path))
+    """By its name, or by its first bytes (read only from a regular file: a pipe could block)."""
+    return path.suffix.lower() == ".rar" or (path.is_file() and rarfile.is_rarfile(str(path)))
 
 
 def archive_texts(path: Path, skipped: list[str]) -> Iterator[str]:
@@ -507,7 +508,7 @@ def load_reddit(
         raise UserError(f"cannot create the token cache folder {cache_dir}: {e.strerror}") from None
     with exclusive_lock(tokens_path, "token cache"):
         for leftover in (tokens_path, meta_path):  # of a build that was killed
-            remove_stale_temps(leftover)
+            remove_stale_temps(leftover, keep=[path])
         build_cache(path, tokens_path, meta_path, steps, max_vocab)
     corpus = load_cached(tokens_path, meta_path, path)
     if corpus is None:  # e.g. the archive was modified during the build

@@ -1,7 +1,8 @@
 """What ScratchGPT promises about your files (and the console it prints to), in one place.
 
 - Every file it writes appears whole or not at all (atomic_file), with the permissions your
-  umask gives, like any other file you create.
+  umask gives, like any other file you create. A file that must be new is created in the same
+  step that checks that the name is free (replace=False), so two writers never both succeed.
 - A path it writes is checked before any work starts: its folder exists (or can be made) and
   can be written, and it is none of the run's inputs (check_output).
 - Two runs never write the same checkpoint: the first holds a lock (exclusive_lock) that the
@@ -51,26 +52,46 @@ def temp_file(path: Path) -> tuple[int, str]:
 
 
 @contextmanager
-def atomic_file(path: Path) -> Iterator[BinaryIO]:
+def atomic_file(path: Path, replace: bool = True) -> Iterator[BinaryIO]:
     """Write to a temporary file beside path, renamed to path only once the block completes:
-    an interrupted write never looks like a finished file, and the old file stays until then."""
+    an interrupted write never looks like a finished file, and the old file stays until then.
+    With replace=False, FileExistsError if path exists by then (see commit_new)."""
     fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            commit_new(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def remove_stale_temps(path: Path) -> None:
-    """Delete the temporary files of atomic_file(path) that a killed process left behind.
-    Call it only while holding path's lock: then no live process is writing them."""
+def commit_new(tmp: str, path: Path) -> None:
+    """Give the finished file tmp the name path, which must be free: a hard link refuses an
+    existing name, so the check and the creation are one step (FileExistsError otherwise)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links: claim the name first, then fill it
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask()))
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def remove_stale_temps(path: Path, keep: list[Path]) -> None:
+    """Delete the temporary files of atomic_file(path) that a killed process left behind, except
+    the files in keep (the run's inputs, whatever their names). Call it only while holding path's
+    lock: then no live process is writing them."""
     for tmp in path.parent.glob(glob.escape(path.name) + ".????????.tmp"):
-        tmp.unlink(missing_ok=True)
+        if tmp.is_file() and not any(same_file(tmp, k) for k in keep):
+            tmp.unlink(missing_ok=True)
 
 
 def unreadable_reason(path: Path) -> str | None:
@@ -87,6 +108,8 @@ def unreadable_reason(path: Path) -> str | None:
         return e.strerror or type(e).__name__
     if stat.S_ISDIR(mode):
         return "is a folder, not a file"
+    if not stat.S_ISREG(mode):  # /dev/zero never ends; a pipe with no writer never answers
+        return "is not a regular file (a device, pipe or socket): save the text to a file first"
     return None
 
 
@@ -117,11 +140,14 @@ def check_not_input(path: Path, what: str, inputs: dict[str, Path]) -> None:
             raise UserError(f"{what} {path} is {description}: writing it would destroy it")
 
 
-def check_writable(path: Path, what: str) -> None:
+def check_writable(path: Path, what: str, named_by_user: bool = True) -> None:
     """path's folder exists (or is made) and a file with path's name (plus atomic_file's suffix)
-    can be created there."""
-    if path.is_dir():
+    can be created there. A path the program derived from another (named_by_user False) gets
+    no advice on what to type instead."""
+    if path.is_dir() and named_by_user:
         raise UserError(f"{what} {path} is a folder; give a file path such as {path / 'run.pt'}")
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder: move it away to let the run write its file")
     if path.exists() and not path.is_file():
         raise UserError(f"{what} {path} exists and is not a regular file")
     for parent in [path.parent, *path.parent.parents]:
@@ -149,27 +175,34 @@ def _try_lock(f) -> bool:
     return True
 
 
+def lock_path(path: Path) -> Path:
+    """The lock file of path: path + '.lock'."""
+    return path.with_name(path.name + ".lock")
+
+
 @contextmanager
 def exclusive_lock(path: Path, what: str) -> Iterator[None]:
-    """Hold a lock on path + '.lock' while the block runs; another process asking for it
+    """Hold a lock on lock_path(path) while the block runs; another process asking for it
     meanwhile gets a UserError. The operating system drops the lock when its holder ends, however
     it ends, so a killed run never leaves a path locked for good. The lock file is only opened,
     never written; it is removed afterwards only if this process created it."""
-    lock_path = path.with_name(path.name + ".lock")
+    lock = lock_path(path)
+    if lock.exists() and not lock.is_file():  # a pipe would block the open below
+        raise UserError(f"{lock} is not a regular file: move it away to use {what} {path}")
     while True:
-        created = not lock_path.exists()
+        created = not lock.exists()
         try:
-            f = lock_path.open("a")
+            f = lock.open("a")
         except OSError as e:
             raise UserError(f"cannot write {what} {path}: {e.strerror}") from None
         if not _try_lock(f):
             f.close()
             raise UserError(
-                f"{what} {path} is in use by another run (it holds {lock_path}); "
+                f"{what} {path} is in use by another run (it holds {lock}); "
                 "wait for it to finish, or use another path"
             )
         try:  # the previous holder may have removed the file between our open and our lock
-            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock_path)):
+            if os.path.samestat(os.fstat(f.fileno()), os.stat(lock)):
                 break
         except FileNotFoundError:
             pass
@@ -178,7 +211,10 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
         yield
     finally:
         if created:  # before releasing it, so that nobody locks a removed file
-            lock_path.unlink(missing_ok=True)
+            try:
+                lock.unlink(missing_ok=True)
+            except OSError:  # its folder went away meanwhile: the error that says so is raised
+                pass
         f.close()
 
 

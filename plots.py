@@ -11,9 +11,11 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from files import UserError, atomic_file
+from files import UserError, atomic_file, check_not_input, unreadable_reason
 
 PLOTTED = ("iter", "train_loss", "val_loss", "elapsed_s")
+# Written into every picture's PNG metadata: a file without it is not ours to replace.
+PICTURE_MARK = b"ScratchGPT training picture"
 
 
 def is_evaluation(record) -> bool:
@@ -69,8 +71,30 @@ def draw_runs(logs: list[Path], out: Path) -> None:
     for axes in (by_step, by_time):
         axes.grid(alpha=0.3)
         axes.legend(fontsize=8)
-    with atomic_file(out) as f:  # redrawn while a viewer may have it open: never half-written
-        figure.savefig(f, format="png", dpi=90)
+    check_replaceable(out)
+    # Atomic, as a viewer may have it open; a new file is created only where the name is free.
+    with atomic_file(out, replace=out.exists()) as f:
+        figure.savefig(f, format="png", dpi=90, metadata={"Software": PICTURE_MARK.decode()})
+
+
+def is_run_picture(path: Path) -> bool:
+    """Whether path is a picture this module drew (its PNG metadata carries PICTURE_MARK)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(1 << 16)  # the text chunks come before the image data
+    except OSError:
+        return False
+    return head.startswith(b"\x89PNG") and PICTURE_MARK in head
+
+
+def check_replaceable(picture: Path) -> None:
+    """A picture may replace only a picture drawn here: any other file there is someone's."""
+    if picture.exists() or picture.is_symlink():
+        if not picture.is_file() or not is_run_picture(picture):
+            raise UserError(
+                f"{picture} exists and is not a picture of a training run: move it away, "
+                "or choose another name"
+            )
 
 
 class RunPicture:
@@ -88,6 +112,9 @@ class RunPicture:
         except ImportError:
             self.note("no picture of the run: matplotlib is not installed (pip install matplotlib)")
             self.enabled = False
+        except (UserError, FileExistsError):  # someone else's file took the name meanwhile
+            self.note(f"no picture of the run: {self.path} is not a picture of this run")
+            self.enabled = False
         except Exception as e:  # a picture is a nicety: training goes on without it
             self.note(f"no picture of the run: drawing failed ({type(e).__name__}: {e})")
             self.enabled = False
@@ -102,13 +129,19 @@ def comparison_path(logs: list[Path]) -> Path:
 def plot_logs(logs: list[Path]) -> Path:
     """Draw finished runs into one picture; returns its path."""
     for log in logs:
-        if not log.is_file():
-            raise UserError(f"--plot: training log {log} not found")
+        reason = unreadable_reason(log)
+        if reason is not None:
+            raise UserError(f"--plot: training log {log} {reason}")
         if not read_log(log):
             raise UserError(f"--plot: {log} holds no evaluation (is it a training log?)")
     out = comparison_path(logs)
+    check_not_input(out, "--plot's picture", {f"the log {log}": log for log in logs})
     try:
         draw_runs(logs, out)
+    except UserError as e:
+        raise UserError(f"--plot: {e}") from None
+    except FileExistsError:
+        raise UserError(f"--plot: {out} was created by another program meanwhile") from None
     except ImportError:
         raise UserError("--plot needs matplotlib: pip install matplotlib") from None
     except OSError as e:

@@ -1,12 +1,15 @@
 """bigram.py's errors: each is one line on stderr and a non-zero exit, and nothing good is lost."""
 
 import errno
+import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -395,3 +398,167 @@ def test_fine_tuning_refuses_what_it_cannot_do(tmp_path, capsys):
     ]:
         assert message in main_error(bigram.main, [*run, *flags], capsys)
     assert not (tmp_path / "ft.pt").exists()
+
+
+# -----------------------------------------------------------------------------
+# Every file a run writes is one of run_outputs, checked before any work starts
+
+
+@pytest.mark.parametrize("what", list(bigram.run_outputs(Path("notes"))))
+def test_no_output_of_a_run_is_its_corpus_whatever_its_name(tmp_path, capsys, what):
+    # --out notes draws notes.png, logs to notes.jsonl and locks notes.lock: none is the corpus.
+    out = tmp_path / "notes"
+    corpus = corpus_in(tmp_path, bigram.run_outputs(out)[what].name)
+    before = corpus.read_bytes()
+    argv = ["--out", str(out), *TRAIN, "--data", str(corpus)]
+    line = main_error(bigram.main, argv, capsys)
+    assert f"{what} {corpus} is the corpus" in line
+    assert corpus.read_bytes() == before
+
+
+def test_a_run_writes_its_named_outputs_and_nothing_else(tmp_path):
+    corpus = corpus_in(tmp_path)
+    runs = tmp_path / "runs"
+    assert bigram.main(["--out", str(runs / "run.pt"), *TRAIN, "--data", str(corpus)]) == 0
+    outputs = bigram.run_outputs(runs / "run.pt")
+    written = {p.name for p in runs.iterdir()}
+    assert written == {outputs[what].name for what in ("checkpoint", "training log", "picture")}
+    assert not outputs["lock"].exists()  # held during the run, removed after it
+
+
+def test_a_file_that_no_run_drew_is_never_replaced_by_the_picture(tmp_path, capsys):
+    corpus = corpus_in(tmp_path)
+    picture = tmp_path / "run.pt.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n a holiday photo")
+    line = main_error(bigram.main, in_process(tmp_path, "--data", str(corpus)), capsys)
+    assert "is not a picture of a training run" in line
+    assert picture.read_bytes() == b"\x89PNG\r\n\x1a\n a holiday photo"
+    assert not (tmp_path / "run.pt").exists() and not (tmp_path / "run.pt.jsonl").exists()
+
+
+def test_a_corpus_named_like_a_temporary_file_survives_the_cleanup(tmp_path):
+    corpus = corpus_in(tmp_path, "run.pt.a1b2c3d4.tmp")  # the pattern of a killed save's leftovers
+    before = corpus.read_bytes()
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 0
+    assert corpus.read_bytes() == before
+
+
+def test_a_picture_created_meanwhile_by_another_program_is_kept(tmp_path, capsys, monkeypatch):
+    corpus = corpus_in(tmp_path)
+    picture = tmp_path / "run.pt.png"
+    real_draw = bigram.plots.draw_runs
+
+    def another_program_writes_first(logs, out):
+        picture.write_text("another program's")
+        real_draw(logs, out)
+
+    monkeypatch.setattr(bigram.plots, "draw_runs", another_program_writes_first)
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 0
+    assert picture.read_text() == "another program's"
+    assert "no picture of the run" in capsys.readouterr().out  # under the progress bar
+
+
+# -----------------------------------------------------------------------------
+# --resume on a changed corpus, and the states a kill can leave
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda text: text[: len(text) // 2], "characters then"),
+        (lambda text: text + "the", "characters then"),
+        (lambda text: text[:5000] + text[5001] + text[5000] + text[5002:], "the same length"),
+    ],
+)
+def test_resume_refuses_a_changed_corpus_and_says_how_to_go_on(tmp_path, capsys, change, message):
+    corpus = corpus_in(tmp_path)
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 0
+    saved = (tmp_path / "run.pt").read_bytes()
+    corpus.write_text(change(corpus.read_text()))
+    line = main_error(bigram.main, [*in_process(tmp_path), "--resume"], capsys)
+    assert "has changed since" in line and message in line and "--init-from" in line
+    assert (tmp_path / "run.pt").read_bytes() == saved
+    fine_tune = ["--init-from", str(tmp_path / "run.pt"), "--data", str(corpus)]
+    fine_tune += ["--out", str(tmp_path / "new.pt"), *TRAIN[len(TINY_MODEL) :]]  # its own shape
+    assert bigram.main(fine_tune) == 0
+
+
+def test_a_kill_between_a_save_and_its_log_line_is_continued_by_resume(
+    tmp_path, capsys, monkeypatch
+):
+    corpus = corpus_in(tmp_path)
+    real_append = bigram.append_log
+
+    def killed_before_the_first_line(path, record, new=False):
+        assert (tmp_path / "run.pt").exists()  # the checkpoint is written before its log line
+        raise KeyboardInterrupt  # what a kill at this moment leaves: no log line
+
+    monkeypatch.setattr(bigram, "append_log", killed_before_the_first_line)
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 130
+    monkeypatch.setattr(bigram, "append_log", real_append)
+    line = main_error(bigram.main, in_process(tmp_path, "--data", str(corpus)), capsys)
+    assert "--resume" in line  # the one command that continues it
+    assert bigram.main([*in_process(tmp_path), "--resume", "--max-iters", "4"]) == 0
+    assert load_checkpoint(tmp_path / "run.pt")["iter"] == 4
+
+
+def test_a_damaged_log_is_trimmed_on_resume_not_a_traceback(tmp_path, capsys):
+    corpus = corpus_in(tmp_path)
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 0
+    log = tmp_path / "run.pt.jsonl"
+    log.write_bytes(log.read_bytes() + b"\xff\xfe\x00 half a line of binary\n")
+    assert bigram.main([*in_process(tmp_path), "--resume", "--max-iters", "4"]) == 0
+    iters = [json.loads(line)["iter"] for line in log.read_text().splitlines()]
+    assert iters == [2, 4, 4]  # two evaluations, then the summary of the best model
+
+
+def test_resume_refuses_a_log_that_is_someone_elses_file(tmp_path, capsys):
+    corpus = corpus_in(tmp_path)
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 0
+    log = tmp_path / "run.pt.jsonl"
+    log.write_text("my shopping list\n")
+    assert "is not a training log" in main_error(
+        bigram.main, [*in_process(tmp_path), "--resume"], capsys
+    )
+    assert log.read_text() == "my shopping list\n"
+    log.unlink()
+    log.mkdir()
+    line = main_error(bigram.main, [*in_process(tmp_path), "--resume"], capsys)
+    assert "is a folder: move it away" in line
+
+
+def test_a_folder_replaced_by_a_file_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
+    corpus = corpus_in(tmp_path)
+    runs = tmp_path / "runs"
+    real_estimate, calls = bigram.estimate_loss, []
+
+    def estimate_then_lose_the_folder(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            shutil.rmtree(runs)
+            runs.write_text("a file where the folder was")
+        return real_estimate(*args, **kwargs)
+
+    monkeypatch.setattr(bigram, "estimate_loss", estimate_then_lose_the_folder)
+    argv = ["--out", str(runs / "run.pt"), *TRAIN, "--data", str(corpus), "--max-iters", "4"]
+    assert "runs" in main_error(bigram.main, argv, capsys)
+
+
+@pytest.mark.parametrize("data", ["/dev/zero", "pipe"])
+def test_a_corpus_that_never_ends_is_refused_at_once(tmp_path, data):
+    if data == "pipe":
+        data = str(tmp_path / "pipe")
+        os.mkfifo(data)  # no writer: reading it would wait for ever
+    assert_clean_error(train(tmp_path, "--data", data), "is not a regular file")
+
+
+def test_plot_says_what_is_wrong_with_a_folder(tmp_path, capsys):
+    (tmp_path / "logs.jsonl").mkdir()
+    argv = ["--plot", str(tmp_path / "logs.jsonl")]
+    assert "is a folder, not a file" in main_error(bigram.main, argv, capsys)
+
+
+def test_a_sample_longer_than_any_run_could_want_is_refused(tmp_path, capsys):
+    corpus = corpus_in(tmp_path)
+    argv = in_process(tmp_path, "--data", str(corpus), "--sample-chars", "99999999999999999999")
+    assert "--sample-chars must be between 0 and 100,000" in main_error(bigram.main, argv, capsys)

@@ -1,9 +1,11 @@
 """files.py: atomic writes, permissions, leftovers, output checks and run locks."""
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from support import REPO
@@ -43,9 +45,10 @@ def test_stale_temporaries_of_one_path_are_removed_and_others_kept(tmp_path):
     (tmp_path / "run.pt.a1b2c3d4.tmp").write_bytes(b"left by a killed save")
     (tmp_path / "other.pt.a1b2c3d4.tmp").write_bytes(b"another checkpoint's")
     (tmp_path / "run.pt.notes.tmp").write_bytes(b"not ours: not 8 characters")
-    remove_stale_temps(tmp_path / "run.pt")
+    (tmp_path / "run.pt.corpus00.tmp").write_bytes(b"the user's corpus, named like a temporary")
+    remove_stale_temps(tmp_path / "run.pt", keep=[tmp_path / "run.pt.corpus00.tmp"])
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == ["other.pt.a1b2c3d4.tmp", "run.pt.notes.tmp"]
+    assert left == ["other.pt.a1b2c3d4.tmp", "run.pt.corpus00.tmp", "run.pt.notes.tmp"]
 
 
 def test_unreadable_reasons_name_links_and_folders(tmp_path):
@@ -57,6 +60,36 @@ def test_unreadable_reasons_name_links_and_folders(tmp_path):
     assert unreadable_reason(tmp_path / "missing") == "not found"
     assert unreadable_reason(tmp_path) == "is a folder, not a file"
     assert unreadable_reason(tmp_path / "file") is None
+
+
+def test_devices_and_pipes_are_not_read_as_files(tmp_path):
+    # /dev/zero would be read until memory runs out, a pipe with no writer waits for ever.
+    os.mkfifo(tmp_path / "pipe")
+    for path in (Path("/dev/zero"), tmp_path / "pipe"):
+        assert unreadable_reason(path).startswith("is not a regular file"), path
+
+
+def test_a_new_file_is_never_created_over_one_that_appeared_meanwhile(tmp_path):
+    path = tmp_path / "out.txt"
+    with pytest.raises(FileExistsError), atomic_file(path, replace=False) as f:
+        f.write(b"ours")
+        path.write_text("another program's")  # between the start's check and our rename
+    assert path.read_text() == "another program's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    with atomic_file(tmp_path / "new.txt", replace=False) as f:
+        f.write(b"ours")
+    assert (tmp_path / "new.txt").read_text() == "ours"
+
+
+def test_a_lock_whose_folder_vanished_lets_the_real_error_through(tmp_path):
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    with pytest.raises(KeyError, match="the real error") as raised:
+        with exclusive_lock(folder / "run.pt", "checkpoint"):
+            shutil.rmtree(folder)
+            folder.write_text("a file where the folder was")
+            raise KeyError("the real error")
+    assert raised.value.__context__ is None  # no second error from removing the lock
 
 
 def test_an_output_may_not_be_an_input_even_through_a_link(tmp_path):

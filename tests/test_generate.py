@@ -80,6 +80,8 @@ def test_missing_checkpoint_says_how_to_train_one(tmp_path):
         (["--temperature", "nan"], "--temperature must be a finite number"),
         (["--temperature", "inf"], "--temperature must be a finite number"),
         (["--seed", "-1"], "--seed must be between 0 and"),
+        (["--num-tokens", "99999999999999999999", "--no-stream"], "the limit is 10,000,000"),
+        (["--num-tokens", "5000000", "--num-samples", "3"], "the limit is 10,000,000"),
     ],
 )
 def test_bad_sampling_settings_are_rejected(checkpoint, capsys, flags, message):
@@ -96,6 +98,34 @@ def test_empty_prompt_file_and_missing_output_folder(checkpoint, tmp_path):
         "MODEL.py", "--checkpoint", str(checkpoint), "--output", str(tmp_path / "no/x.txt")
     )
     assert_clean_error(result, "does not exist")
+
+
+@pytest.mark.parametrize("prompt_file", ["/dev/zero", "pipe"])
+def test_a_prompt_file_that_never_ends_is_refused_at_once(checkpoint, tmp_path, prompt_file):
+    if prompt_file == "pipe":
+        prompt_file = tmp_path / "pipe"
+        os.mkfifo(prompt_file)  # no writer: reading it would wait for ever
+    flags = ["--checkpoint", str(checkpoint), "--prompt-file", str(prompt_file)]
+    result = run_script("MODEL.py", *flags)
+    assert_clean_error(result, "is not a regular file")
+
+
+def test_of_two_commands_writing_one_new_output_the_second_is_refused(
+    checkpoint, tmp_path, capsys, monkeypatch
+):
+    # The other command's file appears after this one checked the name and before it writes.
+    output = tmp_path / "same.txt"
+    real_decode = MODEL.decode
+
+    def decode_while_another_writes(ids, vocab):
+        output.write_text("the other command's text")
+        return real_decode(ids, vocab)
+
+    monkeypatch.setattr(MODEL, "decode", decode_while_another_writes)
+    argv = ["--checkpoint", str(checkpoint), "--num-tokens", "5", "--output", str(output)]
+    assert "was created by another program" in main_error(MODEL.main, argv, capsys)
+    assert output.read_text() == "the other command's text"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same.txt"]
 
 
 def test_output_never_replaces_an_input_or_an_existing_file_unasked(checkpoint, tmp_path, capsys):

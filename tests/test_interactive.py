@@ -118,7 +118,7 @@ def test_unknown_characters_are_named_and_the_session_goes_on(checkpoint):
 
 def test_bad_commands_say_what_is_wrong_in_one_line_and_change_nothing(checkpoint):
     bad = [":temp -1", ":temp nan", ":top-k 0", ":top-p 0", ":chars x", ":seed -1", ":keep"]
-    bad += [":tmep 0.5"]
+    bad += [":tmep 0.5", ":chars 99999999999999999999"]
     result = session(checkpoint, "\n".join([*bad, ":settings", "KING:"]))
     *errors, settings = result.stderr.splitlines()
     assert len(errors) == len(bad) and settings == SETTINGS
@@ -136,7 +136,7 @@ def test_help_names_every_command_and_quit_leaves_at_once(checkpoint):
 
 def test_ctrl_c_stops_a_continuation_and_at_the_prompt_ends_the_session(checkpoint):
     child = subprocess.Popen(
-        command(checkpoint, "--num-tokens", "100000000"), stdin=subprocess.PIPE,
+        command(checkpoint, "--num-tokens", str(MODEL.MAX_CHARS)), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
     )  # fmt: skip
     try:
