@@ -194,7 +194,7 @@ def generate(args: argparse.Namespace) -> None:
     stream = args.num_samples == 1 and not args.no_stream
     if stream:
         print(prompt, end="", flush=True)
-    tokens = torch.empty((args.num_samples, args.num_tokens), dtype=torch.long)
+    tokens = torch.empty((args.num_samples, args.num_tokens), dtype=torch.long, device=device)
     with hardware.autocast(device, dtype):
         for i, step in enumerate(generate_tokens(
             model, prompt_ids, args.num_tokens, args.temperature, args.top_k, args.top_p,

@@ -227,7 +227,8 @@ def step_in_parts(model, optimizers, scaler, batch, config, dtype) -> dict:
     scaler.scale(loss).backward()
     times["backward"] = time.perf_counter() - start
     start = time.perf_counter()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     for optimizer in optimizers:
         scaler.step(optimizer)
         optimizer.zero_grad(set_to_none=True)

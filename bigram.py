@@ -51,7 +51,7 @@ ARCHITECTURES = {
 # `gpu` is the reference run. The CPU presets train for ten minutes (max_iters is a cap), each
 # shape chosen by measurement for the best validation loss in that time on 2 cores: `cpu` for CPUs
 # with bf16 instructions, `cpu-float32` for the others (most laptops), which do a third of the
-# arithmetic in that time (docs/results.md).
+# arithmetic in that time: a narrower, deeper model (docs/cpu-classes.md).
 PRESETS = {
     "gpu": dict(
         n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, dropout=0.2,
@@ -66,8 +66,8 @@ PRESETS = {
         **ARCHITECTURES["modern"],
     ),
     "cpu-float32": dict(
-        n_layer=4, n_head=4, n_embd=256, block_size=128, batch_size=32, dropout=0.1,
-        max_iters=2300, max_minutes=10, eval_interval=250, eval_iters=20,
+        n_layer=6, n_head=4, n_embd=128, block_size=128, batch_size=32, dropout=0.1,
+        max_iters=5000, max_minutes=10, eval_interval=250, eval_iters=20,
         lr=2e-3, min_lr=2e-4, warmup_iters=100, weight_decay=0.1, grad_clip=1.0,
         **ARCHITECTURES["modern"],
     ),
@@ -1193,6 +1193,13 @@ def load_resumable(out: Path) -> dict:
         raise UserError(f"--resume: {out}'s training state is damaged")
     check_fields(checkpoint["config"], TrainConfig, f"--resume: {out}'s training settings")
     config_from_checkpoint(checkpoint, out)
+    identity = checkpoint.get("corpus")  # absent from checkpoints older than the record
+    if identity is not None and not (
+        isinstance(identity, dict)
+        and has_type(identity.get("chars"), int)
+        and isinstance(identity.get("sha256"), str)
+    ):
+        raise UserError(f"--resume: {out}'s record of its corpus is damaged")
     numbers = {"iter": int, "best_val_loss": float, "elapsed_s": float}
     for name, kind in numbers.items():
         value = checkpoint[name]
@@ -1220,17 +1227,19 @@ def check_paths(config: TrainConfig, resume: bool) -> None:
         files.check_not_input(path, what, inputs)
     for what in ("training log", "picture"):  # train() checked the checkpoint
         files.check_writable(outputs[what], what, named_by_user=False)
-    plots.check_replaceable(outputs["picture"])
     out, log = outputs["checkpoint"], outputs["training log"]
     if resume:
+        # A picture without the mark may be this run's own, drawn by an older version: it is
+        # kept and no longer redrawn, rather than a reason to refuse the resume.
         if log.exists() and not is_training_log(log):
             raise UserError(f"{log} is not a training log: move it away to resume {out}")
         return
+    plots.check_replaceable(outputs["picture"])
     if out.exists() or out.is_symlink():  # a new run must never replace a trained model
         raise UserError(
             f"{out} exists: continue it with --resume --out {out}, or train into another --out"
         )
-    if log.exists():
+    if log.exists() or log.is_symlink():
         raise UserError(
             f"{log} exists (the log of an earlier run): remove it, or use another --out"
         )

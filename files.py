@@ -80,7 +80,11 @@ def commit_new(tmp: str, path: Path) -> None:
         raise
     except OSError:  # a file system without hard links: claim the name first, then fill it
         os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~current_umask()))
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            Path(path).unlink(missing_ok=True)  # the empty claim, not a file anybody wrote
+            raise
         return
     os.unlink(tmp)
 

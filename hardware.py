@@ -79,7 +79,7 @@ def orthogonalize(
     value of update towards 1 (into about 0.7 .. 1.2), keeping the singular vectors."""
     a, b, c = coefficients
     wide = update.size(0) > update.size(1)
-    x = update.to(dtype)
+    x = update.to(dtype, copy=True)  # never the momentum buffer itself: x is divided in place
     x = x.T if wide else x  # the Gram matrix of the shorter side is the cheaper one
     x = x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
     for _ in range(steps):
@@ -112,7 +112,9 @@ class Muon(torch.optim.Muon):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                buffer = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                buffer = self.state[p]["momentum_buffer"]
                 buffer.lerp_(p.grad, 1 - momentum)
                 update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
                 update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"],

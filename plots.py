@@ -112,8 +112,8 @@ class RunPicture:
         except ImportError:
             self.note("no picture of the run: matplotlib is not installed (pip install matplotlib)")
             self.enabled = False
-        except (UserError, FileExistsError):  # someone else's file took the name meanwhile
-            self.note(f"no picture of the run: {self.path} is not a picture of this run")
+        except (UserError, FileExistsError):  # a file no run drew has the name: it is kept
+            self.note(f"no picture of the run: {self.path} was not drawn by a run (move it away)")
             self.enabled = False
         except Exception as e:  # a picture is a nicety: training goes on without it
             self.note(f"no picture of the run: drawing failed ({type(e).__name__}: {e})")

@@ -279,6 +279,7 @@ def test_checkpoints_with_tampered_training_state_are_refused_on_resume(tmp_path
         ({"iter": -5}, "iter is -5"),
         ({"optimizer": {"state": 3}}, "damaged state"),
         ({"model_args": good["model_args"] | {"model_type": "lstm"}}, "unknown model type"),
+        ({"corpus": {"chars": "many"}}, "record of its corpus is damaged"),
     ]:
         torch.save(good | damage, tmp_path / "run.pt")
         assert message in main_error(bigram.main, [*argv, "--resume"], capsys)
@@ -436,6 +437,17 @@ def test_a_file_that_no_run_drew_is_never_replaced_by_the_picture(tmp_path, caps
     assert not (tmp_path / "run.pt").exists() and not (tmp_path / "run.pt.jsonl").exists()
 
 
+def test_resume_keeps_a_picture_without_the_mark_and_trains_on(tmp_path, capsys):
+    # An older version drew run.pt.png without the mark: resuming must neither stop nor replace it.
+    corpus = corpus_in(tmp_path)
+    assert bigram.main(in_process(tmp_path, "--data", str(corpus))) == 0
+    picture = tmp_path / "run.pt.png"
+    picture.write_bytes(b"\x89PNG\r\n\x1a\n drawn by an older version")
+    assert bigram.main([*in_process(tmp_path), "--resume", "--max-iters", "4"]) == 0
+    assert picture.read_bytes() == b"\x89PNG\r\n\x1a\n drawn by an older version"
+    assert "no picture of the run" in capsys.readouterr().out
+
+
 def test_a_corpus_named_like_a_temporary_file_survives_the_cleanup(tmp_path):
     corpus = corpus_in(tmp_path, "run.pt.a1b2c3d4.tmp")  # the pattern of a killed save's leftovers
     before = corpus.read_bytes()
@@ -443,7 +455,7 @@ def test_a_corpus_named_like_a_temporary_file_survives_the_cleanup(tmp_path):
     assert corpus.read_bytes() == before
 
 
-def test_a_picture_created_meanwhile_by_another_program_is_kept(tmp_path, capsys, monkeypatch):
+def test_a_file_that_takes_the_pictures_name_during_a_run_is_kept(tmp_path, capsys, monkeypatch):
     corpus = corpus_in(tmp_path)
     picture = tmp_path / "run.pt.png"
     real_draw = bigram.plots.draw_runs

@@ -154,13 +154,16 @@ def test_muon_in_bf16_is_torchs_muon_exactly(shape, nesterov):
     assert all(torch.equal(a, b) for a, b in zip(theirs, ours, strict=True))
 
 
-def test_muon_in_float32_agrees_with_torchs_to_bf16_precision():
-    pair = muon_pair((32, 96), torch.float32)
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_muon_in_float32_agrees_with_torchs_to_bf16_precision(nesterov):
+    pair = muon_pair((32, 96), torch.float32, nesterov)
     (theirs, _), (ours, _) = pair
     before = theirs[0].detach().clone()
     step_both(pair, [torch.randn(32, 96), torch.randn(32, 96)])
     step_theirs, step_ours = theirs[0].detach() - before, ours[0].detach() - before
     assert (step_ours - step_theirs).norm() < 0.02 * step_theirs.norm()
+    buffers = [optimizer.state[w[0]]["momentum_buffer"] for w, optimizer in pair]
+    assert torch.allclose(*buffers)  # the iteration leaves the momentum as it found it
 
 
 def test_muon_state_moves_between_torchs_and_ours():
