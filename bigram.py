@@ -718,11 +718,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", choices=DATASET_FILES, help="default: shakespeare")
     p.add_argument("--data", help="corpus: a UTF-8 text file, or a .rar for reddit")
     p.add_argument("--out", help="checkpoint path (default checkpoints/<dataset>.pt)")
-    p.add_argument(
-        "--preset",
-        choices=PRESETS,
-        help="default: gpu on CUDA; cpu on CPUs with bf16 instructions; cpu-float32 on others",
-    )
+    p.add_argument("--preset", choices=PRESETS, help="default: gpu on CUDA, else by CPU class")
     p.add_argument("--model", choices=MODEL_TYPES, help="gpt (default) or the bigram baseline")
     for name, choices, text in [
         ("arch", ARCHITECTURES, "the switches below at once; default: the preset's (cpu: modern)"),
@@ -1048,16 +1044,8 @@ def append_log(path: Path, record: dict, new: bool = False) -> None:
 
 
 def log_records(path: Path) -> list[tuple[str, dict]]:
-    """The JSON objects of a log with their lines; damaged or cut lines (a kill) are skipped."""
-    records = []
-    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("iter"), int):
-            records.append((line, record))
-    return records
+    """The lines of a log that a run wrote (each with its iter), with their records."""
+    return [(line, r) for line, r in plots.log_lines(path) if isinstance(r.get("iter"), int)]
 
 
 def is_training_log(path: Path) -> bool:

@@ -26,17 +26,23 @@ def is_evaluation(record) -> bool:
     return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
 
 
-def read_log(path: Path) -> list[dict]:
-    """The evaluations of a training log (lines cut short by a kill are skipped)."""
+def log_lines(path: Path) -> list[tuple[str, dict]]:
+    """Each JSON object of a training log with its line; lines cut short by a kill, or damaged
+    (undecodable, not JSON), are skipped."""
     records = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue
-        if is_evaluation(record):
-            records.append(record)
+        if isinstance(record, dict):
+            records.append((line, record))
     return records
+
+
+def read_log(path: Path) -> list[dict]:
+    """The evaluations of a training log."""
+    return [record for _, record in log_lines(path) if is_evaluation(record)]
 
 
 def run_name(log: Path) -> str:
