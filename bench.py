@@ -12,7 +12,7 @@ Sections:
   matmul    the machine's matrix-product peak in float32 and bfloat16 (the MFU denominator)
   train     training tokens/s and model FLOPs utilisation, through bigram.train_step
   generate  characters/s with and without the KV cache, and for batches of samples
-  corpus    corpus.load_reddit on a synthetic Reddit text: MB/s and peak memory, in a subprocess
+  corpus    reddit.load_reddit on a synthetic Reddit text: MB/s and peak memory, in a subprocess
 
 Each section also times the original code's approach (Karpathy's "Let's build GPT" gpt.py,
 re-implemented below in a few lines) in the same run, so every speed-up is measured, not quoted.
@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +38,9 @@ import torch.nn as nn
 from torch.nn import functional as F
 
 import bigram
-import corpus
-import hardware
 import MODEL
+from scratchgpt import hardware, train_cli
+from scratchgpt.files import UserError
 
 REPO = Path(__file__).resolve().parent
 REDDIT_SAMPLE = REPO.parent / "shared" / "data" / "reddit" / "comments.txt"
@@ -181,10 +182,19 @@ def original_get_batch(data: torch.Tensor, block_size: int, batch_size: int):
 
 
 def scratch_model(shape: dict) -> bigram.GPTLanguageModel:
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout", *bigram.MODEL_SWITCHES)
-    return bigram.GPTLanguageModel(
-        bigram.GPTConfig(vocab_size=VOCAB_SIZE, **{k: shape[k] for k in keys})
-    )
+    settings = {k: v for k, v in shape.items() if k in bigram.model_settings(bigram.GPTConfig())}
+    return bigram.GPTLanguageModel(bigram.GPTConfig(**{**settings, "vocab_size": VOCAB_SIZE}))
+
+
+def flops_per_token(model: nn.Module) -> float:
+    """Training FLOPs per token: 6 per weight (forward + backward) plus attention (PaLM, app. B)."""
+    c = model.config
+    n = bigram.count_parameters(model)
+    if isinstance(model, bigram.GPTLanguageModel):
+        if not c.rope:  # a table lookup, not a product
+            n -= model.position_embedding.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
+    return 6 * n
 
 
 def training_throughput(step: Callable[[int], None], shape: dict, flops_per_token: float,
@@ -240,7 +250,7 @@ def time_parts(model, optimizers, scaler, batches, config, dtype, tokens: int) -
     """The median time of each part, its FLOPs (forward a third of the model's, backward two
     thirds, the optimizer its Newton-Schulz iterations) and the GFLOP/s they make."""
     runs = [step_in_parts(model, optimizers, scaler, b, config, dtype) for b in batches]
-    flops = bigram.flops_per_token(model) * tokens
+    flops = flops_per_token(model) * tokens
     flops = {"forward": flops / 3, "backward": 2 * flops / 3,
              "optimizer": newton_schulz_flops(optimizers)}  # fmt: skip
     parts = {}
@@ -295,7 +305,7 @@ def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup
         bigram.train_step(model, optimizers, scaler, [batch(i)], config.grad_clip, device, dtype)
 
     name = str(dtype).removeprefix("torch.")
-    flops = bigram.flops_per_token(model)
+    flops = flops_per_token(model)
     timing = training_throughput(step, shape, flops, peaks.get(f"{name}_gflops"), steps, warmup)
     tokens = shape["batch_size"] * shape["block_size"]
     batches = [batch(i) for i in range(steps)]
@@ -326,7 +336,7 @@ def bench_train_original(shape: dict, peaks: dict, steps: int, warmup: int) -> d
         loss.backward()
         optimizer.step()
 
-    flops = bigram.flops_per_token(scratch_model(shape))
+    flops = flops_per_token(scratch_model(shape))
     timing = training_throughput(step, shape, flops, peaks.get("float32_gflops"), steps, warmup)
     return {"dtype": "float32", **timing}
 
@@ -378,8 +388,9 @@ def bench_generate(
         }
     result["kv_cache_chars_per_s"] = result["batch"]["1"]["float32"]
     # What MODEL.py generates one sample with by default (--weights auto): bf16 on CPUs with bf16
-    # instructions, else float32 (the row above, and what MODEL.py used before that rule).
-    picked = MODEL.cpu_weights(copy.deepcopy(fp32), "auto", 1)  # .to() would change fp32 itself
+    # instructions, else float32 (the row above).
+    timer = partial(MODEL.seconds_per_step, batch_size=1)  # never called: "auto" is a fixed rule
+    picked = hardware.generation_weights(copy.deepcopy(fp32), "auto", timer)
     result["model_py_dtype"] = str(next(picked.parameters()).dtype).removeprefix("torch.")
     result["model_py_chars_per_s"] = chars_per_second(scratch_generator(picked, True), 1, block,
                                                       num_tokens)  # fmt: skip
@@ -409,11 +420,11 @@ print(json.dumps({"returncode": child.returncode, "wall_s": time.perf_counter() 
 REDDIT_PROGRAM = """
 import json, resource, sys, time
 from pathlib import Path
-import corpus
+from scratchgpt import reddit
 baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-data = corpus.load_reddit(Path(sys.argv[1]), Path(sys.argv[2]), clean=True,
-                          max_vocab=corpus.DEFAULT_MAX_VOCAB)
+data = reddit.load_reddit(Path(sys.argv[1]), Path(sys.argv[2]), clean=True,
+                          max_vocab=reddit.DEFAULT_MAX_VOCAB)
 work = time.perf_counter() - start
 print(json.dumps({"baseline_rss": baseline, "work_s": work, "tokens": len(data.tokens)}))
 """
@@ -487,16 +498,13 @@ def summarise(run: dict, size_mb: float) -> dict:
 
 
 def bench_corpus(size_mb: float, original_mb: float, folder: Path) -> dict:
-    """corpus.load_reddit (a cold cache: it reads, cleans, counts and encodes) on size_mb, and
+    """reddit.load_reddit (a cold cache: it reads, cleans, counts and encodes) on size_mb, and
     the original one-liner `torch.tensor([stoi[c] for c in text])` on original_mb."""
     result: dict = {"source": str(REDDIT_SAMPLE) if REDDIT_SAMPLE.exists() else "generated"}
     text = folder / "original.txt"
     mb = write_synthetic_text(text, original_mb)
     result["original"] = summarise(measure(ORIGINAL_PROGRAM, str(text)), mb)
     text.unlink()
-    if not hasattr(corpus, "load_reddit"):
-        result["load_reddit"] = {"available": False, "reason": "corpus.load_reddit not found"}
-        return result
     text = folder / "reddit.txt"
     mb = write_synthetic_text(text, size_mb)
     try:
@@ -655,16 +663,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def model_shape(args: argparse.Namespace) -> dict:
     keys = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "dropout")
-    preset = TINY if args.tiny else bigram.PRESETS[args.preset]
+    preset = TINY if args.tiny else vars(bigram.TrainConfig(**bigram.PRESETS[args.preset]))
     shape = {k: preset[k] for k in keys}
     shape |= {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     if args.arch or args.tiny:  # the tiny configuration is the modern one, unless told
         shape |= bigram.ARCHITECTURES[args.arch or "modern"]
     else:
         shape |= {k: preset[k] for k in bigram.ARCHITECTURES["classic"]}
-    switches = {k: shape[k] for k in bigram.MODEL_SWITCHES}
-    model_keys = [k for k in keys if k != "batch_size"]
-    bigram.GPTConfig(vocab_size=VOCAB_SIZE, **{k: shape[k] for k in model_keys}, **switches)
+    settings = {k: v for k, v in shape.items() if k in bigram.model_settings(bigram.GPTConfig())}
+    try:
+        bigram.GPTConfig(**settings)
+    except ValueError as e:  # GPTConfig's checks
+        raise UserError(str(e)) from None
     return shape
 
 
@@ -673,12 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     sections, tiny, original = args.only.split(","), args.tiny, not args.skip_original
     try:
         shape = model_shape(args)
-    except corpus.UserError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     dtype = hardware.resolve_dtype(args.dtype, torch.device("cpu"))
     name = "tiny" if tiny else f"preset {args.preset}"
-    arch = bigram.arch_name(bigram.TrainConfig(**shape))
+    arch = train_cli.arch_name(bigram.TrainConfig(**shape))
     results: dict = {"machine": machine(), "config": shape | {"name": name, "arch": arch}}
     peaks: dict = {}
     if "matmul" in sections:

@@ -31,8 +31,10 @@ def make_checkout(folder: Path) -> Path:
     """A copy of the scripts alone, like a fresh clone: its data/ and checkpoints/ are empty, so
     runs that use the default paths touch neither this repository's files nor each other's."""
     folder.mkdir(parents=True, exist_ok=True)
-    for script in ("bigram.py", "MODEL.py", "corpus.py", "files.py", "hardware.py", "plots.py"):
+    for script in ("bigram.py", "MODEL.py"):
         shutil.copy(REPO / script, folder / script)
+    no_cache = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(REPO / "scratchgpt", folder / "scratchgpt", ignore=no_cache, dirs_exist_ok=True)
     return folder
 
 

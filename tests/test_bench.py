@@ -11,7 +11,8 @@ import torch
 from support import REPO
 
 import bench
-import hardware
+import bigram
+from scratchgpt import hardware
 
 KEYS = {
     "machine": {"cpu", "cores", "torch_threads", "torch", "native_bf16"},
@@ -56,13 +57,14 @@ def test_only_runs_the_sections_asked_for(tmp_path):
     assert json.loads(out.read_text()).keys() == {"machine", "config", "matmul", "generate"}
 
 
-def test_corpus_section_reports_a_missing_load_reddit(tmp_path, monkeypatch):
-    monkeypatch.delattr(bench.corpus, "load_reddit")
+def test_corpus_section_reports_a_failed_load_reddit(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "REDDIT_PROGRAM", "raise SystemExit('no archive tool')")
     result = bench.bench_corpus(0.2, 0.1, tmp_path)
-    assert result["load_reddit"] == {"available": False, "reason": "corpus.load_reddit not found"}
+    reason = "load_reddit failed: exit 1: no archive tool"
+    assert result["load_reddit"] == {"available": False, "reason": reason}
     assert result["original"]["tokens"] > 0
     rows = bench.table_rows({"corpus": result})
-    assert ("corpus load_reddit", "unavailable", "corpus.load_reddit not found") in rows
+    assert ("corpus load_reddit", "unavailable", reason) in rows
 
 
 def test_synthetic_text_is_whole_lines_of_utf8(tmp_path):
@@ -96,7 +98,7 @@ def test_without_bf16_instructions_nothing_is_timed_in_bf16(tmp_path, monkeypatc
     results = json.loads(out.read_text())
     assert "bfloat16" not in json.dumps(results)
     assert results["train"]["dtype"] == "float32"
-    assert results["train"]["optimizers"][-1] == "hardware.Muon"  # its iteration in float32
+    assert results["train"]["optimizers"][-1] == "scratchgpt.hardware.Muon"  # float32 iteration
 
 
 def parts(forward_ms: float, backward_ms: float, optimizer_ms: float) -> dict:
@@ -112,3 +114,15 @@ def test_a_part_far_out_of_line_with_its_flops_is_a_warning():
     assert len(slow) == 2 and all(line.startswith("warning: the optimizer") for line in slow)
     assert "longer than forward and backward together" in slow[1]
     assert bench.part_warnings(parts(1, 2, 4)) == []  # a tiny model: overhead, not arithmetic
+
+
+def test_training_flops_follow_the_architecture():
+    classic = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65))
+    modern_switches = {k: v for k, v in bigram.ARCHITECTURES["modern"].items()
+                       if k in bigram.model_settings(bigram.GPTConfig())}  # fmt: skip
+    modern = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65, **modern_switches))
+    attention = 12 * 6 * 384 * 256
+    position_table = 256 * 384
+    classic_count = bigram.count_parameters(classic)
+    assert bench.flops_per_token(classic) == 6 * (classic_count - position_table) + attention
+    assert bench.flops_per_token(modern) == 6 * bigram.count_parameters(modern) + attention

@@ -11,14 +11,9 @@ import pytest
 import torch
 from support import REPO
 
-from bigram import (
-    GPTConfig,
-    GPTLanguageModel,
-    UserError,
-    load_checkpoint,
-    model_from_checkpoint,
-    save_checkpoint,
-)
+from bigram import GPTConfig, GPTLanguageModel, model_from_checkpoint
+from scratchgpt.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from scratchgpt.files import UserError
 
 
 def make_checkpoint(seed: int = 0) -> dict:
@@ -83,7 +78,7 @@ SAVE_FOREVER = """
 import sys, torch
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from bigram import save_checkpoint
+from scratchgpt.checkpoint import save_checkpoint
 big = {"iter": 0, "model_args": {}, "vocab": [], "best_val_loss": 0.0}
 i = 0
 while True:
@@ -124,3 +119,18 @@ def test_every_kind_of_pickled_call_is_named_as_code(tmp_path, call, raw_pickle)
     with pytest.raises(UserError, match="refusing to load .* pickled code") as error:
         load_checkpoint(path)
     assert call.__name__ in str(error.value)
+
+
+def test_growing_the_vocabulary_keeps_the_trained_rows():
+    small = GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
+    trained = GPTLanguageModel(small).state_dict()
+    grown = GPTLanguageModel(GPTConfig(**{**vars(small), "vocab_size": 7}))
+    fresh_rows = grown.token_embedding.weight[5:].clone()
+    load_weights(grown, trained, "trained.pt", old_vocab=5)
+    assert torch.equal(grown.token_embedding.weight[:5], trained["token_embedding.weight"])
+    assert torch.equal(grown.lm_head.weight[:5], trained["lm_head.weight"])
+    assert torch.equal(grown.token_embedding.weight[5:], fresh_rows)  # new characters: as trained
+    assert torch.equal(grown.blocks[0].attn.qkv.weight, trained["blocks.0.attn.qkv.weight"])
+    wider = GPTLanguageModel(GPTConfig(**{**vars(small), "n_embd": 16}))
+    with pytest.raises(UserError, match="weights do not fit"):  # only the vocabulary grows
+        load_weights(wider, trained, "trained.pt", old_vocab=5)

@@ -1,6 +1,5 @@
 """torchrun and DDP on the CPU with gloo: the same update, one checkpoint, a clean failure."""
 
-import gc
 import json
 import os
 import signal
@@ -20,15 +19,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigram import (
     ARCHITECTURES,
-    MODEL_SWITCHES,
     GPTConfig,
     GPTLanguageModel,
     TrainConfig,
-    load_checkpoint,
     make_optimizers,
     make_scaler,
+    model_settings,
     train_step,
 )
+from scratchgpt import hardware
+from scratchgpt.checkpoint import load_checkpoint
+from scratchgpt.hardware import Distributed
 
 CONFIG = GPTConfig(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
 
@@ -37,7 +38,9 @@ def fresh_model_and_optimizer(arch: str = "classic"):
     """A model and its optimizers (AdamW; for the modern architecture, Muon beside it)."""
     torch.manual_seed(0)
     recipe = ARCHITECTURES[arch]
-    model = GPTLanguageModel(replace(CONFIG, **{k: recipe[k] for k in MODEL_SWITCHES}))
+    model = GPTLanguageModel(
+        replace(CONFIG, **{k: recipe[k] for k in model_settings(CONFIG) if k in recipe})
+    )
     config = TrainConfig(lr=1e-2, optimizer=recipe["optimizer"])
     return model, make_optimizers(model, config, torch.device("cpu"))
 
@@ -58,10 +61,8 @@ def one_ddp_step(rank: int, world_size: int, port: int, out: str, arch: str) -> 
     train_step(wrapped, optimizer, make_scaler(cpu, fp32), [batch], 1.0, cpu, fp32)
     if rank == 0:
         torch.save(model.state_dict(), out)
-    del wrapped  # as bigram.run does: free DDP's cycles before the process group goes
-    gc.collect()
-    dist.barrier()
-    dist.destroy_process_group()
+    del wrapped  # as bigram.train does: its cycles are freed before the process group goes
+    hardware.leave_distributed(Distributed(rank, rank, world_size))
 
 
 def free_port() -> int:

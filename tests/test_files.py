@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import REPO
 
-from files import (
+from scratchgpt.files import (
     UserError,
     atomic_file,
     check_output,
@@ -121,7 +121,7 @@ HOLD_LOCK = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, sys.argv[2])
-from files import exclusive_lock
+from scratchgpt.files import exclusive_lock
 with exclusive_lock(Path(sys.argv[1]), "checkpoint"):
     print("locked", flush=True)
     time.sleep(60)

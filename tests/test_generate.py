@@ -10,8 +10,9 @@ import torch
 from support import REPO, TINY_RUN, assert_clean_error, main_error, run_script, write_corpus
 
 import bigram
-import hardware
 import MODEL
+from scratchgpt import hardware
+from scratchgpt.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,7 @@ def test_a_prompt_file_from_windows_reads_as_it_looks(checkpoint, tmp_path):
 
 
 def test_bf16_weights_change_the_next_character_distribution_by_rounding_only(checkpoint):
-    model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     context = torch.randint(0, model.config.vocab_size, (4, model.config.block_size))
     with torch.no_grad():
@@ -209,16 +210,16 @@ def test_bf16_weights_change_the_next_character_distribution_by_rounding_only(ch
 
 def test_one_sample_bf16_steps_change_the_distribution_by_rounding_only(checkpoint):
     # One sample's steps take another kernel (PyTorch's matrix-vector product, not oneDNN's).
-    model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     context = torch.randint(0, model.config.vocab_size, (1, model.config.block_size))
-    cache = bigram.KVCache(model.config, 1, "cpu", bigram.cache_dtype(bf16))
+    cache = bigram.KVCache(model.config, 1, "cpu", hardware.cache_dtype(bf16))
     with torch.no_grad():
         p32 = model(context)[0][0].softmax(-1)
         bf16(context[:, :8], kv_cache=cache)
         steps = []
         for t in range(8, context.shape[1]):
-            with bigram.matrix_vector_kernels(bf16, context):
+            with hardware.matrix_vector_kernels(bf16, context.shape[0]):
                 steps.append(bf16(context[:, t : t + 1], kv_cache=cache)[0][0, -1])
     p16 = torch.stack(steps).float().softmax(-1)
     total_variation = 0.5 * (p32[8:] - p16).abs().sum(-1)
@@ -226,19 +227,15 @@ def test_one_sample_bf16_steps_change_the_distribution_by_rounding_only(checkpoi
 
 
 @pytest.mark.parametrize("faster", [torch.float32, torch.bfloat16])
-def test_weights_fastest_keeps_the_weights_that_generate_faster(checkpoint, monkeypatch, faster):
-    model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
-    timed = lambda m, batch: 1.0 if next(m.parameters()).dtype == faster else 2.0
-    monkeypatch.setattr(MODEL, "seconds_per_step", timed)
-    assert next(MODEL.faster_cpu_weights(model, 1).parameters()).dtype == faster
+def test_weights_fastest_keeps_the_weights_that_generate_faster(checkpoint, faster):
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    timed = lambda m: 1.0 if next(m.parameters()).dtype == faster else 2.0
+    assert next(hardware.generation_weights(model, "fastest", timed).parameters()).dtype == faster
 
 
-def test_default_weights_follow_a_fixed_rule_so_a_seed_writes_the_same_text(
-    checkpoint, monkeypatch
-):
-    model = bigram.model_from_checkpoint(bigram.load_checkpoint(checkpoint)).eval()
-    monkeypatch.setattr(MODEL, "seconds_per_step", lambda m, batch: pytest.fail("timed"))
-    picked = lambda batch: MODEL.cpu_weights(copy.deepcopy(model), "auto", batch)
-    dtype = lambda batch: next(picked(batch).parameters()).dtype
+def test_default_weights_follow_a_fixed_rule_so_a_seed_writes_the_same_text(checkpoint):
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    never_timed = lambda m: pytest.fail("timed")
+    picked = hardware.generation_weights(copy.deepcopy(model), "auto", never_timed)
     expected = torch.bfloat16 if hardware.cpu_has_native_bf16() else torch.float32
-    assert dtype(1) == dtype(8) == expected  # never timed: the same on every run
+    assert next(picked.parameters()).dtype == expected  # the same on every run

@@ -15,8 +15,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import bigram
-import hardware
 import MODEL
+from scratchgpt import hardware
 
 CPU = torch.device("cpu")
 PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "matmul", "linear"}
@@ -50,10 +50,9 @@ def modern_run(native: bool, monkeypatch):
     arch = bigram.ARCHITECTURES["modern"]
     shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, dropout=0.1)
     config = bigram.TrainConfig(**shape, **arch)
-    switches = {k: arch[k] for k in bigram.MODEL_SWITCHES}
-    model_shape = {k: shape[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "dropout")}
     torch.manual_seed(0)
-    model = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=20, **model_shape, **switches))
+    model_config = bigram.GPTConfig(**{**bigram.model_settings(config), "vocab_size": 20})
+    model = bigram.GPTLanguageModel(model_config)
     optimizers = bigram.make_optimizers(model, config, CPU)
     dtype = hardware.resolve_dtype("auto", CPU)
     return model, optimizers, config, dtype
@@ -94,7 +93,7 @@ def test_muon_is_torchs_only_where_bf16_is_native(monkeypatch):
 
 def tiny_model(native: bool, monkeypatch) -> torch.nn.Module:
     model, _, _, _ = modern_run(native, monkeypatch)
-    return MODEL.cpu_weights(model.eval(), "auto", batch_size=1)  # MODEL.py's default weights
+    return hardware.generation_weights(model.eval(), "auto", MODEL.seconds_per_step)  # default
 
 
 def generation_ops(model: torch.nn.Module) -> Bf16Ops:
@@ -211,3 +210,62 @@ def test_kernels_restricted_to_an_isa_without_bf16_count_as_no_bf16(monkeypatch,
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
     assert hardware.cpu_has_native_bf16() is native
+
+
+# The model's CPU paths: float32 attention, the fast dropout, the kernels of one-token steps
+
+TINY = bigram.GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def test_cpu_attention_runs_in_float32_under_autocast():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 2, 8, 16).bfloat16().unbind(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = hardware.scaled_dot_product_attention(q, k, v, is_causal=True)
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        q.float(), k.float(), v.float(), is_causal=True
+    )
+    assert y.dtype == torch.bfloat16  # what the next product expects
+    torch.testing.assert_close(y, expected.bfloat16(), rtol=0, atol=0)  # rounded once, at the end
+
+
+def test_gradients_flow_through_float32_attention_in_the_inputs_dtype():
+    torch.manual_seed(0)
+    q, k, v = (t.requires_grad_() for t in torch.randn(3, 2, 2, 8, 16).bfloat16().unbind(0))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hardware.scaled_dot_product_attention(
+            q, k, v, is_causal=True
+        ).float().square().sum().backward()
+    for t in (q, k, v):
+        assert t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0
+
+
+def test_one_token_steps_switch_onednn_off_and_back_on_for_one_sample_only():
+    torch.manual_seed(0)
+    model = bigram.GPTLanguageModel(TINY).eval().to(torch.bfloat16)
+    assert (
+        hardware.cache_dtype(model) == torch.float32
+    )  # CPU attention reads float32 keys and values
+    seen = []  # whether oneDNN was on for each forward pass
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    for batch in (1, 2):
+        seen.clear()
+        list(bigram.generate_tokens(model, torch.zeros((batch, 3), dtype=torch.long), 4))
+        one_token_steps = [True] + [False] * 3 if batch == 1 else [True] * 4
+        assert seen == one_token_steps  # the prompt pass keeps oneDNN's matrix products
+    assert torch.backends.mkldnn.enabled
+    seen.clear()
+    list(bigram.generate_tokens(model.float(), torch.zeros((1, 3), dtype=torch.long), 4))
+    assert seen == [True] * 4  # float32 weights keep oneDNN
+
+
+def test_fast_dropout_drops_the_right_share_and_keeps_the_mean():
+    torch.manual_seed(0)
+    dropout = hardware.Dropout(0.2)
+    x = torch.ones(64, 256, 384)
+    y = dropout(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.2) < 0.005
+    assert abs(y.mean().item() - 1.0) < 0.01  # survivors are scaled by 1 / (1 - p)
+    assert not torch.equal(dropout(x), y)  # a fresh mask each call
+    assert torch.equal(dropout.eval()(x), x)

@@ -10,6 +10,8 @@ from support import REPO, TINY_RUN, main_error, write_corpus
 
 import bigram
 import MODEL
+from scratchgpt import interactive
+from scratchgpt.cli import MAX_CHARS
 
 SETTINGS = "temp 1.0, top-k off, top-p off, chars 10, seed 1337, keep off"  # from the flags below
 
@@ -101,11 +103,11 @@ def test_keep_on_continues_from_the_text_so_far_and_clear_forgets_it(checkpoint,
 
 def test_a_prompt_after_the_text_so_far_starts_a_line_of_its_own():
     vocab = sorted(set("KING:\nab"))
-    assert MODEL.model_input("KING:\nab", "KING:\n", vocab) == "KING:\nab\nKING:\n"
-    assert MODEL.model_input("KING:\nab\n", "KING:\n", vocab) == "KING:\nab\nKING:\n"
-    assert MODEL.model_input("KING:\nab", "", vocab) == "KING:\nab"  # an empty line: more
-    assert MODEL.model_input("", "", vocab) == "\n"  # with nothing to go on from: a newline
-    assert MODEL.model_input("ab", "KING:", sorted(set("KING:ab"))) == "abKING:"  # no newlines
+    assert interactive.model_input("KING:\nab", "KING:\n", vocab) == "KING:\nab\nKING:\n"
+    assert interactive.model_input("KING:\nab\n", "KING:\n", vocab) == "KING:\nab\nKING:\n"
+    assert interactive.model_input("KING:\nab", "", vocab) == "KING:\nab"  # an empty line: more
+    assert interactive.model_input("", "", vocab) == "\n"  # with nothing to go on from: a newline
+    assert interactive.model_input("ab", "KING:", sorted(set("KING:ab"))) == "abKING:"  # no \n
 
 
 def test_unknown_characters_are_named_and_the_session_goes_on(checkpoint):
@@ -129,14 +131,14 @@ def test_bad_commands_say_what_is_wrong_in_one_line_and_change_nothing(checkpoin
 
 def test_help_names_every_command_and_quit_leaves_at_once(checkpoint):
     result = session(checkpoint, ":help\n:quit\nKING:\n")
-    for name in [*MODEL.SETTINGS, "clear", "settings", "help", "quit"]:
+    for name in [*interactive.SETTINGS, "clear", "settings", "help", "quit"]:
         assert f"\n  :{name} " in result.stderr, name
     assert result.stdout == ""
 
 
 def test_ctrl_c_stops_a_continuation_and_at_the_prompt_ends_the_session(checkpoint):
     child = subprocess.Popen(
-        command(checkpoint, "--num-tokens", str(MODEL.MAX_CHARS)), stdin=subprocess.PIPE,
+        command(checkpoint, "--num-tokens", str(MAX_CHARS)), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
     )  # fmt: skip
     try:

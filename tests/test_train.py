@@ -12,8 +12,8 @@ import torch
 from support import REPO, TINY_MODEL, TINY_RUN, main_error, write_corpus
 
 import bigram
-import hardware
-from bigram import load_checkpoint
+from scratchgpt import hardware, runlog, train_cli
+from scratchgpt.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 
 
 def train(tmp_path, *flags: str) -> list[dict]:
@@ -30,7 +30,7 @@ def train(tmp_path, *flags: str) -> list[dict]:
         flags.pop(at - 1)
     argv = ["--data", str(corpus), "--out", str(out), *TINY_RUN, "--lr", "3e-3", *flags]
     assert bigram.main(argv) == 0
-    records = [json.loads(line) for line in bigram.log_path(out).read_text().splitlines()]
+    records = [json.loads(line) for line in runlog.log_path(out).read_text().splitlines()]
     return [r for r in records if "val_loss" in r]  # the evaluations, not the final summary
 
 
@@ -102,32 +102,34 @@ def test_time_budget_stops_training_cleanly(tmp_path):
 
 
 def test_explicit_flags_override_the_preset():
-    args = bigram.parse_args(["--preset", "gpu", "--n-layer", "2", "--lr", "0.01"])
-    config = bigram.make_config(args, torch.device("cpu"), saved=None)
+    args = train_cli.parse_args(["--preset", "gpu", "--n-layer", "2", "--lr", "0.01"])
+    config = train_cli.make_config(args, torch.device("cpu"), saved=None)
     assert (config.n_layer, config.lr) == (2, 0.01)
     assert (config.n_embd, config.block_size) == (384, 256)  # the rest comes from the preset
 
 
 def test_arch_sets_the_switches_and_single_flags_override_it():
-    args = bigram.parse_args(["--preset", "cpu", "--arch", "classic", "--rope", "--mlp", "relu2"])
-    config = bigram.make_config(args, torch.device("cpu"), saved=None)
+    args = train_cli.parse_args(
+        ["--preset", "cpu", "--arch", "classic", "--rope", "--mlp", "relu2"]
+    )
+    config = train_cli.make_config(args, torch.device("cpu"), saved=None)
     classic = bigram.ARCHITECTURES["classic"]
     assert {k: getattr(config, k) for k in classic} == classic | {"rope": True, "mlp": "relu2"}
-    assert bigram.recipe(config).startswith("custom (rope=True, ")
-    default = bigram.make_config(bigram.parse_args([]), torch.device("cpu"), saved=None)
-    assert bigram.recipe(default).startswith("modern (")  # the cpu preset's, by measurement
+    assert train_cli.recipe(config).startswith("custom (rope=True, ")
+    default = train_cli.make_config(train_cli.parse_args([]), torch.device("cpu"), saved=None)
+    assert train_cli.recipe(default).startswith("modern (")  # the cpu preset's, by measurement
 
 
 @pytest.mark.parametrize("native_bf16, preset", [(True, "cpu"), (False, "cpu-float32")])
 def test_a_cpu_trains_its_class_preset_for_ten_minutes(monkeypatch, native_bf16, preset):
     monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
-    config = bigram.make_config(bigram.parse_args([]), torch.device("cpu"), saved=None)
+    config = train_cli.make_config(train_cli.parse_args([]), torch.device("cpu"), saved=None)
     assert config.preset == preset and config.max_minutes == 10
     assert config.n_embd == bigram.PRESETS[preset]["n_embd"]
 
 
 def test_a_gpu_trains_the_reference_run_by_steps():
-    config = bigram.make_config(bigram.parse_args([]), torch.device("cuda"), saved=None)
+    config = train_cli.make_config(train_cli.parse_args([]), torch.device("cuda"), saved=None)
     assert config.preset == "gpu" and config.max_minutes == 0 and config.max_iters == 5000
 
 
@@ -162,15 +164,6 @@ def test_short_run_on_tiny_shakespeare_learns(tmp_path):
     assert load_checkpoint(out)["best_val_loss"] < 2.3
 
 
-def test_resume_drops_log_lines_past_the_checkpoint_its_summary_and_cut_lines(tmp_path):
-    log = tmp_path / "run.pt.jsonl"
-    evaluations = [f'{{"iter": {i}, "val_loss": 2.0}}\n' for i in (5, 10, 15)]
-    summary = '{"iter": 10, "exhaustive_val_loss": 2.0}\n'  # the end of the interrupted run
-    log.write_text("".join(evaluations) + summary + '{"iter": 2')  # killed mid-write
-    bigram.trim_log(log, 10)
-    assert log.read_text() == "".join(evaluations[:2])
-
-
 # -----------------------------------------------------------------------------
 # Watching a run: samples at each evaluation, the picture, --plot
 
@@ -187,7 +180,7 @@ def test_each_evaluation_writes_a_sample_with_the_same_seed(tmp_path, capsys):
                   "--sample-chars", "40")  # fmt: skip
     assert [r["sample"] for r in again] == [r["sample"] for r in log]  # a fixed seed
     train(tmp_path / "again", "--max-iters", "2", "--out", "n.pt", "--sample-chars", "0")
-    first = bigram.log_path(tmp_path / "again" / "n.pt").read_text().splitlines()[0]
+    first = runlog.log_path(tmp_path / "again" / "n.pt").read_text().splitlines()[0]
     assert "sample" not in json.loads(first)
 
 
@@ -221,21 +214,6 @@ def test_plot_draws_several_runs_into_one_picture(tmp_path, capsys):
 # Fine-tuning: --init-from
 
 
-def test_growing_the_vocabulary_keeps_the_trained_rows(tmp_path):
-    small = bigram.GPTConfig(vocab_size=5, block_size=8, n_layer=1, n_head=2, n_embd=8)
-    trained = bigram.GPTLanguageModel(small).state_dict()
-    grown = bigram.GPTLanguageModel(bigram.GPTConfig(**{**vars(small), "vocab_size": 7}))
-    fresh_rows = grown.token_embedding.weight[5:].clone()
-    bigram.load_weights_growing_vocab(grown, trained, 5, "trained.pt")
-    assert torch.equal(grown.token_embedding.weight[:5], trained["token_embedding.weight"])
-    assert torch.equal(grown.lm_head.weight[:5], trained["lm_head.weight"])
-    assert torch.equal(grown.token_embedding.weight[5:], fresh_rows)  # new characters: as trained
-    assert torch.equal(grown.blocks[0].attn.qkv.weight, trained["blocks.0.attn.qkv.weight"])
-    wider = bigram.GPTLanguageModel(bigram.GPTConfig(**{**vars(small), "n_embd": 16}))
-    with pytest.raises(bigram.UserError, match="weights do not fit"):  # only the vocabulary grows
-        bigram.load_weights_growing_vocab(wider, trained, 5, "trained.pt")
-
-
 def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsys):
     train(tmp_path, "--max-iters", "60", "--eval-interval", "60")
     source = tmp_path / "run.pt"
@@ -250,7 +228,7 @@ def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsy
     assert bigram.main(argv) == 0
     out = capsys.readouterr().out
     assert f"characters from {source}" in out and "added: " in out
-    log = [json.loads(line) for line in bigram.log_path(tuned).read_text().splitlines()]
+    log = [json.loads(line) for line in runlog.log_path(tuned).read_text().splitlines()]
     log = [r for r in log if "val_loss" in r]
     assert log[-1]["val_loss"] < log[0]["val_loss"] - 0.5
     assert source.read_bytes() == saved
@@ -261,8 +239,8 @@ def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsy
 
 
 def test_a_fine_tuned_model_is_named_after_its_corpus_and_its_source():
-    args = bigram.parse_args(["--init-from", "checkpoints/shakespeare.pt", "--data", "my.txt"])
-    assert bigram.checkpoint_path(args) == bigram.CHECKPOINT_DIR / "my-from-shakespeare.pt"
+    args = train_cli.parse_args(["--init-from", "checkpoints/shakespeare.pt", "--data", "my.txt"])
+    assert train_cli.checkpoint_path(args) == CHECKPOINT_DIR / "my-from-shakespeare.pt"
 
 
 # -----------------------------------------------------------------------------
@@ -291,7 +269,7 @@ def test_exhaustive_val_loss_scores_every_character_once(length):
 def test_a_run_ends_with_the_exhaustive_loss_of_its_best_model(tmp_path, capsys):
     log = train(tmp_path, "--max-iters", "6", "--eval-interval", "2", "--exhaustive-eval")
     assert all("exhaustive_val_loss" in r for r in log)  # at every evaluation, when asked
-    final = json.loads(bigram.log_path(tmp_path / "run.pt").read_text().splitlines()[-1])
+    final = json.loads(runlog.log_path(tmp_path / "run.pt").read_text().splitlines()[-1])
     best = min(log, key=lambda r: r["val_loss"])
     assert final["iter"] == best["iter"]
     assert final["exhaustive_val_loss"] == pytest.approx(best["exhaustive_val_loss"])
@@ -299,14 +277,6 @@ def test_a_run_ends_with_the_exhaustive_loss_of_its_best_model(tmp_path, capsys)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-2].startswith(f"exhaustive val loss {final['exhaustive_val_loss']:.4f} (")
     assert lines[-1].startswith("best val loss")
-
-
-def test_plot_refuses_what_is_not_a_training_log_in_one_line(tmp_path, capsys):
-    (tmp_path / "binary.pt").write_bytes(bytes(range(256)) * 4)
-    (tmp_path / "odd.jsonl").write_text('{"val_loss": 1.0}\n{"iter": 2, "val_loss": "x"}\n')
-    for log in ("binary.pt", "odd.jsonl", "missing.jsonl"):
-        line = main_error(bigram.main, ["--plot", str(tmp_path / log)], capsys)
-        assert "--plot" in line
 
 
 # -----------------------------------------------------------------------------
@@ -351,25 +321,13 @@ def test_muon_gets_queries_keys_and_values_as_three_matrices_with_split_qkv():
     assert names == attention | {"blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
 
 
-def test_training_flops_follow_the_architecture():
-    classic = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65))
-    modern_switches = {k: v for k, v in bigram.ARCHITECTURES["modern"].items()
-                       if k in bigram.MODEL_SWITCHES}  # fmt: skip
-    modern = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65, **modern_switches))
-    attention = 12 * 6 * 384 * 256
-    position_table = 256 * 384
-    classic_count = bigram.count_parameters(classic)
-    assert bigram.flops_per_token(classic) == 6 * (classic_count - position_table) + attention
-    assert bigram.flops_per_token(modern) == 6 * bigram.count_parameters(modern) + attention
-
-
 def forget_settings(path, names):
     """Rewrite a checkpoint as one written before these settings existed."""
     checkpoint = load_checkpoint(path)
     for saved in (checkpoint["model_args"], checkpoint["config"]):
         for name in names:
             saved.pop(name, None)
-    bigram.save_checkpoint(checkpoint, path)
+    save_checkpoint(checkpoint, path)
 
 
 def fine_tune_two_steps(tmp_path):

@@ -1,4 +1,6 @@
-"""Pictures of training runs, drawn from their JSONL logs with matplotlib when it is installed.
+"""The record of a training run: its log (run.pt.jsonl: one JSON line per evaluation, one for
+the final score), written and read; its picture (run.pt.png), drawn with matplotlib when it is
+installed; and its progress bar on the console.
 
     python bigram.py --plot checkpoints/a.pt.jsonl checkpoints/b.pt.jsonl   # compare two runs
 
@@ -8,10 +10,13 @@ every evaluation. matplotlib is optional: `pip install matplotlib`.
 
 import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from files import UserError, atomic_file, check_not_input, unreadable_reason
+from tqdm import tqdm
+
+from scratchgpt.files import UserError, atomic_file, check_not_input, unreadable_reason
 
 PLOTTED = ("iter", "train_loss", "val_loss", "elapsed_s")
 # Written into every picture's PNG metadata: a file without it is not ours to replace.
@@ -38,6 +43,50 @@ def log_lines(path: Path) -> list[tuple[str, dict]]:
         if isinstance(record, dict):
             records.append((line, record))
     return records
+
+
+def log_path(checkpoint: Path | str) -> Path:
+    """run.pt's log: run.pt.jsonl."""
+    return Path(f"{checkpoint}.jsonl")
+
+
+def picture_path(checkpoint: Path | str) -> Path:
+    """run.pt's picture: run.pt.png."""
+    return Path(f"{checkpoint}.png")
+
+
+def append_log(path: Path, record: dict, new: bool = False) -> None:
+    """One line per record; a new log (new=True) is created only if no other program did."""
+    try:
+        with path.open("x" if new else "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except FileExistsError:
+        raise UserError(
+            f"training log {path} was created by another program while this run trained; "
+            "the checkpoint is saved: continue with --resume once you moved that file away"
+        ) from None
+    except OSError as e:
+        raise UserError(f"cannot write the training log {path}: {e.strerror}") from None
+
+
+def log_records(path: Path) -> list[tuple[str, dict]]:
+    """The lines of a log that a run wrote (each with its iter), with their records."""
+    return [(line, r) for line, r in log_lines(path) if isinstance(r.get("iter"), int)]
+
+
+def is_training_log(path: Path) -> bool:
+    """Empty, or holding at least one line that a run wrote: not someone else's file."""
+    return path.stat().st_size == 0 or bool(log_records(path))
+
+
+def trim_log(path: Path, last_iter: int) -> None:
+    """On resume, drop log lines past the checkpoint (those iterations are about to be redone)
+    and the summary that ended the interrupted run (the resumed run will write its own)."""
+    if path.exists():
+        kept = [line + "\n" for line, record in log_records(path)
+                if record["iter"] <= last_iter and "val_loss" in record]  # fmt: skip
+        with atomic_file(path) as f:  # a kill now leaves the old log, not half of it
+            f.write("".join(kept).encode("utf-8"))
 
 
 def read_log(path: Path) -> list[dict]:
@@ -153,3 +202,38 @@ def plot_logs(logs: list[Path]) -> Path:
     except OSError as e:
         raise UserError(f"--plot: cannot write {out}: {e.strerror}") from None
     return out
+
+
+PROGRESS_BAR = "{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
+
+
+class Progress:
+    """A run on the console: a bar of the share of the run done (so its time left is right
+    whichever budget, steps or minutes, ends the run), with the step, loss, learning rate and
+    speed; what training prints goes above it. It also holds the run's picture."""
+
+    def __init__(self, checkpoint: str, done: float, step: int, tokens_per_step: int, show: bool):
+        self.bar = tqdm(total=1.0, initial=done, bar_format=PROGRESS_BAR, disable=not show)
+        self.picture = RunPicture(picture_path(checkpoint), note=self.bar.write)
+        self.tokens_per_step, self.tokens_per_sec = tokens_per_step, 0.0
+        self.since, self.since_step = time.perf_counter(), step
+
+    def write(self, text: str) -> None:
+        self.bar.write(text)
+
+    def advance(self, done: float) -> None:
+        self.bar.update(done - self.bar.n)
+
+    def report(self, step: int, loss: float, optimizers: list) -> float | None:
+        """Show the loss, the learning rate and the speed since the last report; returns the
+        loss if it is not finite (training diverged), else None."""
+        now = time.perf_counter()
+        self.tokens_per_sec = (step - self.since_step) * self.tokens_per_step / (now - self.since)
+        self.since, self.since_step = now, step
+        lr = optimizers[0].param_groups[0]["lr"]
+        self.bar.set_postfix(iter=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
+                             tok_s=f"{self.tokens_per_sec:,.0f}")  # fmt: skip
+        return None if math.isfinite(loss) else loss
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,11 +1,6 @@
-"""Text corpora for ScratchGPT: characters in, a flat array of token ids out.
+"""Reddit comments from a RAR archive (or a big text file) as a corpus, streamed, never held whole.
 
-A corpus is a 1-D numpy array of token ids plus its vocabulary (the list of characters, sorted).
-Ids fit in uint8 when the vocabulary has at most 256 characters, uint16 otherwise, so Tiny
-Shakespeare costs 1 MB in memory instead of the ~40 MB of a Python list of ints.
-
-Reddit (load_reddit) is hundreds of MB of text in a RAR archive. It is streamed, never held whole:
-members are decoded a few MB at a time, cleaned, counted (pass 1), then encoded (pass 2) into a
+Members are decoded a few MB at a time, cleaned, counted (pass 1), then encoded (pass 2) into a
 uint16 token file in the cache, which training reads through np.memmap.
 """
 
@@ -14,146 +9,26 @@ import hashlib
 import html
 import json
 import re
-import urllib.request
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import rarfile
 
-from files import UserError, atomic_file, exclusive_lock, remove_stale_temps, unreadable_reason
-
-SHAKESPEARE_URL = (
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+from scratchgpt.corpus import Corpus, normalize_newlines
+from scratchgpt.files import (
+    UserError,
+    atomic_file,
+    exclusive_lock,
+    remove_stale_temps,
+    unreadable_reason,
 )
 
-# Reddit: the most frequent characters kept. On the 23 MB sample (1,359 distinct characters once
-# cleaned) 256 cover 99.976% and each occurs 34+ times; the rest (zalgo accents, Braille art, rare
-# emoji) occur 1.5 times per million or less: too rare for a training run to learn.
+# The most frequent characters kept: the rest (zalgo accents, Braille art, rare emoji) are too
+# rare for a training run to learn, and become one symbol (docs/reddit.md has the counts).
 DEFAULT_MAX_VOCAB = 256
-
-
-@dataclass
-class Corpus:
-    tokens: np.ndarray  # 1-D array of token ids (may be a read-only np.memmap)
-    vocab: list[str]  # token id -> character
-
-
-def token_dtype(vocab_size: int) -> np.dtype:
-    """The smallest unsigned integer type that holds every id (0 .. vocab_size - 1)."""
-    for dtype in (np.uint8, np.uint16):
-        if vocab_size <= np.iinfo(dtype).max + 1:
-            return np.dtype(dtype)
-    return np.dtype(np.uint32)  # more than 65,536 distinct characters: rare, but it happens
-
-
-def build_vocab(text: str) -> list[str]:
-    return sorted(set(text))
-
-
-def encode(text: str, vocab: list[str]) -> np.ndarray:
-    """Map each character to its id, vectorised: one code point array and a binary search."""
-    try:
-        codepoints = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    except UnicodeEncodeError:  # undecodable bytes from the command line or a file name
-        raise UserError("the text is not valid Unicode (undecodable bytes)") from None
-    vocab_codepoints = np.array([ord(c) for c in vocab], dtype=np.uint32)
-    order = np.argsort(vocab_codepoints)  # the identity for a sorted vocabulary
-    positions = np.searchsorted(vocab_codepoints[order], codepoints)
-    ids = order[np.minimum(positions, len(vocab) - 1)]
-    unknown = vocab_codepoints[ids] != codepoints
-    if unknown.any():
-        missing = sorted(set(chr(c) for c in codepoints[unknown]))
-        raise UserError(f"characters not in the vocabulary: {', '.join(map(repr, missing))}")
-    return ids.astype(token_dtype(len(vocab)))
-
-
-def decode(ids, vocab: list[str]) -> str:
-    return "".join(vocab[i] for i in ids)
-
-
-def download_shakespeare(path: Path) -> None:
-    """Fetch Tiny Shakespeare to `path`, atomically: a broken download never looks like a corpus."""
-    print(f"{path} not found, downloading Tiny Shakespeare from {SHAKESPEARE_URL}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with urllib.request.urlopen(SHAKESPEARE_URL, timeout=30) as response:
-            data = response.read()
-    except OSError as e:
-        raise UserError(
-            f"{path} is missing and Tiny Shakespeare could not be downloaded ({e}); "
-            f"save {SHAKESPEARE_URL} as {path} and run again"
-        ) from None
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-def looks_utf16(data: bytes) -> bool:
-    """A byte-order mark, or a NUL in every other byte: what Windows tools call 'Unicode'."""
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return True
-    head = data[:4096]
-    return len(head) >= 16 and max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4
-
-
-def read_text(path: Path, what: str = "corpus") -> str:
-    """A UTF-8 text file as any editor writes it: a leading byte-order mark (Windows editors add
-    one) is dropped, since it is not part of the text; UTF-16 is refused with how to convert it."""
-    reason = unreadable_reason(path)
-    if reason is not None:
-        raise UserError(f"{what} {path} {reason}")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
-    if looks_utf16(data):
-        raise UserError(
-            f"{what} {path} is UTF-16 text; save it as UTF-8 (Notepad: Save As, Encoding UTF-8) "
-            f"or convert it: iconv -f UTF-16 -t UTF-8 {path} > {path.stem}-utf8.txt"
-        )
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-
-
-def load_text_corpus(path: Path, clean: bool = True) -> Corpus:
-    """A whole UTF-8 text file as tokens; its vocabulary is its sorted set of characters.
-    clean turns Windows (CRLF) and old Mac (CR) line ends into LF, so that '\r' is not a
-    character; without it the text is kept exactly as written."""
-    text = read_text(path)
-    if clean:
-        text = "".join(normalize_newlines([text]))
-    if not text:
-        raise UserError(f"corpus {path} is empty")
-    vocab = build_vocab(text)
-    return Corpus(encode(text, vocab), vocab)
-
-
-def adopt_vocab(data: Corpus, vocab: list[str]) -> tuple[Corpus, list[str]]:
-    """data re-encoded so that vocab's characters keep their ids (a trained model's), with the
-    characters vocab lacks appended after them. Returns that corpus and the appended characters."""
-    if data.vocab == vocab:
-        return data, []  # nothing to do: a memory-mapped corpus stays on disk
-    known = set(vocab)
-    added = [c for c in data.vocab if c not in known]
-    new_vocab = list(vocab) + added
-    new_id = {c: i for i, c in enumerate(new_vocab)}
-    mapping = np.array([new_id[c] for c in data.vocab], dtype=token_dtype(len(new_vocab)))
-    return Corpus(mapping[data.tokens], new_vocab), added
-
-
-def split_corpus(tokens: np.ndarray, val_fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """First 90% for training, last 10% for validation (slices: no copy, memmaps stay on disk)."""
-    n_train = int(len(tokens) * (1 - val_fraction))
-    return tokens[:n_train], tokens[n_train:]
-
-
-# -----------------------------------------------------------------------------
-# Reddit: reading a RAR archive (or a text file) as a stream of text
 
 CHUNK_BYTES = 4 << 20  # read a few MB at a time: big enough for numpy, small enough for memory
 SNIFF_BYTES = 8192  # how much of a member decides whether it is text
@@ -263,23 +138,12 @@ def read_errors(path: Path) -> Iterator[None]:
 
 
 # -----------------------------------------------------------------------------
-# Reddit: cleaning. Each step is a generator over text pieces that gives exactly what it would
+# Cleaning. Each step is a generator over text pieces that gives exactly what it would
 # give for the whole text at once: what could change with the next piece waits for it.
 
 PLACEHOLDERS = ("[deleted]", "[removed]")  # the bodies of deleted comments
 ENTITY_WINDOW = 40  # longer than any entity: &CounterClockwiseContourIntegral; is 33 characters
 CLEANING = ("newlines", "placeholders", "entities")  # the steps, in the order they run
-
-
-def normalize_newlines(pieces: Iterable[str]) -> Iterator[str]:
-    """CRLF and lone CR to LF. A piece's final CR waits: the next piece may start with LF."""
-    carry = ""
-    for piece in pieces:
-        text = carry + piece
-        carry = "\r" if text.endswith("\r") else ""
-        text = text[: len(text) - len(carry)]
-        yield text.replace("\r\n", "\n").replace("\r", "\n")
-    yield "\n" if carry else ""
 
 
 def drop_placeholders(pieces: Iterable[str]) -> Iterator[str]:
@@ -331,7 +195,7 @@ def cleaned(pieces: Iterable[str], steps: Collection[str] = CLEANING) -> Iterato
 
 
 # -----------------------------------------------------------------------------
-# Reddit: vocabulary and tokens, vectorised with numpy
+# Vocabulary and tokens, vectorised with numpy
 
 
 def code_points(text: str) -> np.ndarray:
@@ -379,7 +243,7 @@ def write_tokens(pieces: Iterable[str], vocab: list[str], f: BinaryIO) -> int:
 
 
 # -----------------------------------------------------------------------------
-# Reddit: the token cache. <name>-<key>.tokens holds the uint16 ids, <name>-<key>.json the
+# The token cache. <name>-<key>.tokens holds the uint16 ids, <name>-<key>.json the
 # vocabulary and the report; the key hashes the source's identity and the settings.
 
 CACHE_VERSION = 1  # bump when the cleaning or the file format changes

@@ -1,0 +1,250 @@
+"""What a checkpoint holds, written and read here only.
+
+A checkpoint (checkpoints/<name>.pt) is a dict saved with torch.save:
+
+- "model_args": the model's settings (GPTConfig's fields) and "model_type" (gpt or bigram);
+- "vocab": the characters, in id order; "model": the weights (a state_dict);
+- "iter": the step of the saved model, "best_val_loss": its validation loss.
+
+A training run adds what --resume needs to continue exactly: "config" (every setting of the run),
+"optimizer" (AdamW's state), "muon" (Muon's, when the run uses it), "elapsed_s" (seconds trained),
+"rng" (the seed; each step's randomness derives from it and the step) and "corpus" (the length and
+hash of the tokens it trains on). A checkpoint may lack the keys added to this list over time:
+upgrade() fills them in as it is read, so every checkpoint ever written loads, generates and
+resumes.
+"""
+
+import math
+import warnings
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from scratchgpt import files
+from scratchgpt.files import UserError
+
+# The repository's checkpoint folder, wherever the scripts are run from.
+CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+REQUIRED_KEYS = ("model_args", "vocab", "model", "iter", "best_val_loss")
+RESUME_KEYS = ("config", "optimizer", "elapsed_s")
+
+# A checkpoint without the architecture's switches holds the classic model, trained with AdamW and
+# a cosine schedule; a modern one without split_qkv has one qkv matrix.
+SETTINGS_BEFORE_SWITCHES = dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
+                                split_qkv=False)  # fmt: skip
+TRAINING_BEFORE_SWITCHES = dict(optimizer="adamw", schedule="cosine")
+
+
+def default_path(dataset: str) -> Path:
+    """Where a dataset's model is trained to, and generated from, by default."""
+    return CHECKPOINT_DIR / f"{dataset}.pt"
+
+
+def training_state(
+    model_type: str, model: nn.Module, optimizers: list, vocab: list[str], config: dict,
+    step: int, best_val_loss: float, elapsed_s: float, corpus_identity: dict,
+) -> dict:  # fmt: skip
+    """A training run's checkpoint: the model, and all that --resume needs to continue it."""
+    settings = {f.name: getattr(model.config, f.name) for f in fields(model.config)}
+    state = {
+        "model_args": settings | {"model_type": model_type},
+        "vocab": vocab,
+        "model": model.state_dict(),
+        "optimizer": optimizers[0].state_dict(),  # AdamW's
+        "iter": step,
+        "best_val_loss": best_val_loss,
+        "rng": {"seed": config["seed"], "next_step": step},  # bigram.step_seed
+        "config": config,
+        "elapsed_s": elapsed_s,
+        "corpus": corpus_identity,
+    }
+    if len(optimizers) > 1:
+        state["muon"] = optimizers[1].state_dict()
+    return state
+
+
+def save_checkpoint(state: dict, path: Path | str, replace: bool = True) -> None:
+    """Atomic: a crash, a kill or a full disk while saving leaves the previous checkpoint.
+    A run's first save (replace=False) creates the file only if no other program did meanwhile."""
+    try:
+        with files.atomic_file(Path(path), replace=replace) as f:
+            torch.save(state, f)
+    except FileExistsError:
+        raise UserError(
+            f"checkpoint {path} was created by another program while this run trained: it is not "
+            "replaced; train again into another --out"
+        ) from None
+    except OSError as e:
+        raise UserError(
+            f"cannot save checkpoint {path}: {e.strerror or e}; the previous one there is intact"
+        ) from None
+
+
+def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict:
+    """A checkpoint, loaded safely (weights_only=True refuses pickled code instead of running it)
+    and upgraded to the current format."""
+    path = Path(path)
+    reason = files.unreadable_reason(path)
+    if reason == "not found":
+        raise UserError(f"checkpoint {path} not found; train one first with: python bigram.py")
+    if reason is not None:
+        raise UserError(f"checkpoint {path} {reason}")
+    try:
+        with warnings.catch_warnings():  # odd files make torch warn, then fail: we explain below
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many kinds of error for a damaged file
+        code = files.pickled_imports(path)
+        if code:
+            raise UserError(
+                f"refusing to load {path}: it contains pickled code (it would call "
+                f"{', '.join(sorted(set(code)))}); a checkpoint holds only weights and settings"
+            ) from None
+        reason = "not a file torch wrote" if "Weights only" in str(e) else first_line(e)
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({reason})") from None
+    if not isinstance(saved, dict) or any(k not in saved for k in REQUIRED_KEYS):
+        raise UserError(f"{path} is not a ScratchGPT checkpoint (missing model, vocab or settings)")
+    return upgrade(saved)
+
+
+def upgrade(saved: dict) -> dict:
+    """The checkpoint in the current format: every rule for older checkpoints is here."""
+    if isinstance(saved["model_args"], dict):
+        saved["model_args"] = SETTINGS_BEFORE_SWITCHES | saved["model_args"]
+    if isinstance(saved.get("config"), dict):
+        before = SETTINGS_BEFORE_SWITCHES | TRAINING_BEFORE_SWITCHES
+        saved["config"] = before | saved["config"]
+    saved.setdefault("corpus", None)  # no record of the corpus: nothing to compare on --resume
+    return saved
+
+
+def has_type(value, expected: type) -> bool:
+    if isinstance(value, bool):  # bool is an int to Python, but not to a setting
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
+
+
+def check_fields(values: dict, cls, what: str) -> None:
+    """values could build cls (a dataclass): known names only, each of its field's type."""
+    types = {f.name: f.type for f in fields(cls)}
+    for name, value in values.items():
+        if name not in types:
+            raise UserError(f"{what}: unknown setting {name!r}")
+        if not has_type(value, types[name]):
+            raise UserError(f"{what}: {name} should be {types[name].__name__}, got {value!r}")
+
+
+def first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
+
+
+def model_config(
+    saved: dict, path: Path | str, config_class: type, model_types: dict
+) -> tuple[str, object]:
+    """The model type and config (a config_class) a checkpoint declares, checked against its
+    vocabulary before anything is built."""
+    args = saved["model_args"]
+    if not isinstance(args, dict):
+        raise UserError(f"{path}: its model settings are not a dictionary")
+    args = dict(args)
+    model_type = args.pop("model_type", None)
+    if model_type not in model_types:
+        known = ", ".join(model_types)
+        raise UserError(f"{path}: unknown model type {model_type!r} (known: {known})")
+    check_fields(args, config_class, f"{path}'s model settings")
+    if "vocab_size" not in args:
+        raise UserError(f"{path}'s model settings: vocab_size is missing")
+    try:
+        config = config_class(**args)
+    except ValueError as e:
+        raise UserError(f"{path}'s model settings: {e}") from None
+    vocab = saved["vocab"]
+    if not isinstance(vocab, list) or not all(isinstance(c, str) and len(c) == 1 for c in vocab):
+        raise UserError(f"{path}: its vocabulary is not a list of characters")
+    if len(vocab) != config.vocab_size or len(set(vocab)) != len(vocab):
+        raise UserError(
+            f"{path}: its vocabulary has {len(vocab)} characters ({len(set(vocab))} distinct) "
+            f"but the model expects {config.vocab_size}"
+        )
+    return model_type, config
+
+
+def load_weights(
+    model: nn.Module, weights: dict, path: Path | str, old_vocab: int | None = None
+) -> None:
+    """A checkpoint's weights into model, which must have their shapes. Given the checkpoint's
+    vocabulary size (a fine-tune on text with new characters), the model's may be larger: the
+    trained characters' rows (embedding, head, bigram table) are copied, the new characters' rows
+    keep the fresh initialisation that training gives them."""
+    own = model.state_dict()  # shares storage with the parameters
+    new_vocab = model.config.vocab_size
+    try:
+        if old_vocab is None:
+            model.load_state_dict(weights)
+            return
+        if weights.keys() != own.keys():
+            raise ValueError("different parameter names")
+        for name, weight in weights.items():
+            target = own[name]
+            sizes = zip(weight.shape, target.shape, strict=False)
+            fits = all(a == b or (a, b) == (old_vocab, new_vocab) for a, b in sizes)
+            if weight.dim() != target.dim() or not fits:
+                raise ValueError(f"{name} has shape {tuple(weight.shape)}")
+            with torch.no_grad():
+                target[tuple(slice(0, n) for n in weight.shape)].copy_(weight)
+    except (AttributeError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: its weights do not fit its settings ({first_line(e)})") from None
+
+
+def check_resumable(saved: dict, path, config_class) -> None:
+    """A checkpoint holds the training state --resume continues, each part of the right kind."""
+    if not all(key in saved for key in RESUME_KEYS):
+        raise UserError(f"--resume: {path} holds a model but not the training state to continue")
+    if not isinstance(saved["config"], dict) or not isinstance(saved["optimizer"], dict):
+        raise UserError(f"--resume: {path}'s training state is damaged")
+    check_fields(saved["config"], config_class, f"--resume: {path}'s training settings")
+    identity = saved["corpus"]
+    if identity is not None and not (
+        isinstance(identity, dict)
+        and has_type(identity.get("chars"), int)
+        and isinstance(identity.get("sha256"), str)
+    ):
+        raise UserError(f"--resume: {path}'s record of its corpus is damaged")
+    for name, kind in {"iter": int, "best_val_loss": float, "elapsed_s": float}.items():
+        value = saved[name]
+        if not has_type(value, kind):
+            raise UserError(f"--resume: {path}'s {name} should be {kind.__name__}, got {value!r}")
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"--resume: {path}'s {name} is {value}, which cannot be continued")
+
+
+def start_from(saved: dict, model: nn.Module, path) -> None:
+    """A fine-tune's start: the trained weights of saved into model, whose vocabulary holds the
+    checkpoint's characters first and may add new ones (load_weights)."""
+    load_weights(model, saved["model"], path, old_vocab=len(saved["vocab"]))
+
+
+def model_shape(saved: dict, names: tuple[str, ...]) -> dict:
+    """The settings a checkpoint's model fixes, of names ("model" is its type)."""
+    args = saved["model_args"]
+    return {name: args["model_type"] if name == "model" else args[name] for name in names}
+
+
+def restore_training(
+    saved: dict, model: nn.Module, optimizers: list, path
+) -> tuple[int, float, float]:
+    """The model's and optimizers' state from a checkpoint that check_resumable accepted;
+    returns where the run stands: its step, best validation loss and seconds trained."""
+    try:
+        model.load_state_dict(saved["model"])
+        optimizers[0].load_state_dict(saved["optimizer"])
+        if len(optimizers) > 1:
+            optimizers[1].load_state_dict(saved["muon"])
+    except (RuntimeError, TypeError, ValueError, KeyError, AttributeError) as e:
+        raise UserError(f"--resume: damaged state in {path} ({first_line(e)})") from None
+    return saved["iter"], saved["best_val_loss"], saved["elapsed_s"]

@@ -1,0 +1,34 @@
+"""What the commands share on the command line: flags made from a config's fields, the range
+of a seed, and how much text one generation command may write."""
+
+import argparse
+import dataclasses
+
+from scratchgpt.files import UserError
+
+MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch's generators both take 0 .. 2**63 - 1
+MAX_CHARS = 10_000_000  # characters one MODEL.py command writes, all samples together: in memory
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
+    """A --flag for each field of config_class (a dataclass) that has help text: booleans as
+    --x/--no-x, choices as choices. Every flag defaults to None, so that what was given on the
+    command line can be told from what was not."""
+    for field in dataclasses.fields(config_class):
+        if "help" not in field.metadata:
+            continue
+        kind = {"type": field.type}
+        if field.type is bool:
+            kind = {"action": argparse.BooleanOptionalAction}
+        elif field.metadata["choices"]:
+            kind = {"choices": field.metadata["choices"]}
+        parser.add_argument(flag(field.name), dest=field.name, help=field.metadata["help"], **kind)
+
+
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")

@@ -1,0 +1,359 @@
+"""What runs natively here, and every choice that follows from it: the one place where the code
+differs between a GPU, a CPU with bf16 instructions and a CPU without them (most laptops).
+
+- device and precision: resolve_device, native_bf16, resolve_dtype, autocast;
+- Muon with its Newton-Schulz iteration in float32 where bf16 is emulated (muon);
+- the model's CPU paths, called like the standard ones: scaled_dot_product_attention, Dropout;
+- generation on a CPU: which weights (generation_weights), which kernels (matrix_vector_kernels),
+  the KV cache's dtype (cache_dtype);
+- memory estimates (check_memory) and torchrun: set-up, the DDP model, leaving together.
+
+A precision the hardware only emulates is many times slower than float32: a CPU without bf16
+instructions multiplies bf16 matrices in software. So every choice of precision asks
+native_bf16() first.
+"""
+
+import copy
+import gc
+import math
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from scratchgpt.files import UserError
+
+# oneDNN's instruction sets (ONEDNN_MAX_CPU_ISA) that lack bf16 products, and PyTorch's own CPU
+# kernel levels (ATEN_CPU_CAPABILITY) that convert bf16 to float32 and back for every operation.
+# Setting either one restricts a bf16 CPU to what an AVX2 laptop has.
+ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
+ATEN_LEVELS_WITHOUT_BF16 = {"default", "avx2"}
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512_BF16 or AMX) whose kernels may use them."""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    if " avx512_bf16" not in cpuinfo and " amx_bf16" not in cpuinfo:
+        return False
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
+    return onednn not in ONEDNN_ISAS_WITHOUT_BF16 and aten not in ATEN_LEVELS_WITHOUT_BF16
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether this device multiplies bf16 matrices in hardware (emulated bf16 does not count)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and cpu_has_native_bf16()
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA if present, else Apple MPS, else CPU; an unavailable choice is an error."""
+    mps_available = torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available (try --device cpu)")
+    elif name == "mps" and not mps_available:
+        raise UserError("--device mps: Apple MPS is not available (try --device cpu)")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast precision: bf16 where the hardware does it natively, float32 otherwise."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if name == "float16" and device.type == "cpu":
+        raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on the CPU")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtype bfloat16: this GPU has no bf16; use float16 or float32")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def orthogonalize(
+    update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+    dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """The quintic Newton-Schulz iteration of torch's Muon, in dtype: it pushes every singular
+    value of update towards 1 (into about 0.7 .. 1.2), keeping the singular vectors."""
+    a, b, c = coefficients
+    wide = update.size(0) > update.size(1)
+    x = update.to(dtype, copy=True)  # never the momentum buffer itself: x is divided in place
+    x = x.T if wide else x  # the Gram matrix of the shorter side is the cheaper one
+    x = x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.T if wide else x
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon, with the Newton-Schulz iteration in ns_dtype rather than always in bf16.
+
+    The state and settings are torch's, so checkpoints move between the two. Only torch's default
+    learning-rate adjustment is implemented: sqrt(max(1, rows / columns)).
+    """
+
+    def __init__(self, params, ns_dtype: torch.dtype = torch.float32, **settings):
+        if settings.get("adjust_lr_fn") not in (None, "original"):
+            raise ValueError("Muon here implements torch's default adjust_lr_fn only")
+        super().__init__(params, **settings)
+        self.ns_dtype = ns_dtype
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                buffer = self.state[p]["momentum_buffer"]
+                buffer.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"],
+                                       group["eps"], self.ns_dtype)  # fmt: skip
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * math.sqrt(max(1, p.shape[0] / p.shape[1])))
+        return loss
+
+
+def adamw(groups: list[dict], device: torch.device, **settings) -> torch.optim.AdamW:
+    """AdamW, with its fused kernel on a GPU (one kernel for all parameters)."""
+    return torch.optim.AdamW(groups, fused=device.type == "cuda", **settings)
+
+
+def muon(params, device: torch.device, **settings) -> torch.optim.Muon:
+    """torch's Muon where the device multiplies bf16 natively; elsewhere Muon in float32, many
+    times faster than an iteration in emulated bf16 (bench.py times it)."""
+    if native_bf16(device):
+        return torch.optim.Muon(params, **settings)
+    return Muon(params, ns_dtype=torch.float32, **settings)
+
+
+# -----------------------------------------------------------------------------
+# The model's CPU paths
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool
+) -> torch.Tensor:
+    """F.scaled_dot_product_attention, in float32 on a CPU even under bf16 autocast: PyTorch's
+    float32 CPU attention kernel beats its bf16 one, in training and in generation (bench.py)."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    # Entering and leaving autocast costs more than one generated token's attention: only if on.
+    on = torch.is_autocast_enabled("cpu")
+    wide = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
+    with torch.autocast("cpu", enabled=False) if on else nullcontext():
+        y = F.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), is_causal=is_causal)
+    return y.to(q.dtype)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout, with the random mask drawn several times faster on a CPU.
+
+    PyTorch's CPU dropout draws one random number per element, which at the reference
+    configuration costs about as much as the matrix products. Here each random 64-bit word decides
+    four elements: four 15-bit lanes, each compared with p (so p is rounded to 1/32768).
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p)  # GPUs have a fast fused kernel
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # 63 random bits
+        lanes = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF
+        keep = lanes >= round(self.p * 32768)
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))  # scaled: the mean stays the same
+
+
+# -----------------------------------------------------------------------------
+# Generation on a CPU
+
+
+def generation_dtype(device: torch.device) -> torch.dtype:
+    """The autocast precision of generation: a GPU's training precision; on a CPU none, as its
+    weights are cast once instead (generation_weights)."""
+    return resolve_dtype("auto", device) if device.type == "cuda" else torch.float32
+
+
+def matrix_vector_kernels(model: nn.Module, batch_size: int) -> AbstractContextManager:
+    """The kernels for one new token: with one sample, every product is a matrix times a vector.
+    For bf16 weights PyTorch's own kernel reads them faster than oneDNN's, which PyTorch prefers
+    on a CPU: oneDNN is switched off for these steps only. Longer passes (the prompt) keep it, and
+    so do float32 weights, for which oneDNN is faster at small sizes."""
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype == torch.float32 or batch_size > 1:
+        return nullcontext()
+    return torch.backends.mkldnn.flags(
+        enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None
+    )  # only the first flag changes
+
+
+def cache_dtype(model: nn.Module) -> torch.dtype:
+    """The KV cache's dtype: the weights', widened to float32 on a CPU, where attention runs in
+    float32 (scaled_dot_product_attention): keys and values are cast once, when stored."""
+    weight = next(model.parameters())
+    if weight.device.type != "cpu":
+        return weight.dtype
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
+def generation_weights(
+    model: nn.Module, choice: str, seconds_per_step: Callable[[nn.Module], float]
+) -> nn.Module:
+    """The weights a CPU generates with. "auto" is a fixed rule, so that a seed always writes the
+    same text on a machine: bf16 where the CPU has bf16 instructions, float32 elsewhere. Every
+    character reads every weight, and bf16 weights are half the bytes. "fastest" times both with
+    seconds_per_step, for a CPU where the rule guesses wrong (which wins depends on the cache and
+    the instructions, not on the CPU's name); a seed's text can then depend on the pick. Casting
+    once beats autocast casting the weights at every step."""
+    if choice == "bfloat16" or (choice == "auto" and cpu_has_native_bf16()):
+        return model.to(torch.bfloat16)
+    if choice == "fastest":
+        candidates = (model, copy.deepcopy(model).to(torch.bfloat16))
+        times = {m: min(seconds_per_step(m) for _ in range(2)) for m in candidates}
+        return min(times, key=times.get)
+    return model
+
+
+# -----------------------------------------------------------------------------
+# Memory: a shape that cannot fit is refused before it is allocated
+
+
+def memory_needed(config, batch_size: int, training: bool) -> int:
+    """Rough bytes to run (or train) a model of config's shape: weights, and for training their
+    gradients and two AdamW moments plus the activations kept for the backward pass."""
+    C, T, L, V = config.n_embd, config.block_size, config.n_layer, config.vocab_size
+    parameters = 12 * L * C * C + C * (2 * V + T)
+    if not training:
+        return 4 * parameters + 2 * 4 * L * batch_size * T * C  # float32 weights, KV cache
+    activations = batch_size * T * (20 * 4 * L * C + 3 * 4 * V)  # ~20 floats per channel-layer
+    return 16 * parameters + activations
+
+
+def memory_available(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on every system
+        return None
+
+
+def check_memory(config, batch_size: int, training: bool, device: torch.device) -> None:
+    """Refuse, with the figures, a shape that would not fit: allocating it would fail or hang."""
+    needed = memory_needed(config, batch_size, training)
+    available = memory_available(device)
+    if available is not None and needed > available:
+        raise UserError(
+            f"a model with n_layer {config.n_layer}, n_embd {config.n_embd}, block_size "
+            f"{config.block_size} needs about {needed / 2**30:,.1f} GiB, more than the "
+            f"{available / 2**30:,.1f} GiB of this {device.type}: choose a smaller shape"
+        )
+
+
+# -----------------------------------------------------------------------------
+# Several processes (torchrun): one per GPU, or several on one CPU
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:  # rank 0 evaluates, logs, prints and saves
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device, backend: str) -> tuple[Distributed, torch.device]:
+    """Join the process group when launched by torchrun (it sets RANK); else a single process."""
+    if "RANK" not in os.environ:
+        return Distributed(), device
+    needed = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
+    missing = [name for name in needed if name not in os.environ]
+    if missing:
+        raise UserError(
+            f"RANK is set but {', '.join(missing)} not: start distributed runs with torchrun "
+            "(see docs/distributed.md), or unset RANK"
+        )
+    try:
+        ddp = Distributed(*(int(os.environ[name]) for name in needed[:3]))
+    except ValueError:
+        raise UserError("RANK, LOCAL_RANK and WORLD_SIZE must be whole numbers") from None
+    if device.type == "mps":
+        raise UserError("distributed training runs on CUDA or CPU, not MPS")
+    if device.type == "cuda":
+        device = torch.device("cuda", ddp.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend or ("nccl" if device.type == "cuda" else "gloo"))
+    return ddp, device
+
+
+def agree(
+    stop: bool, diverged: bool, elapsed: float, ddp: Distributed, device: torch.device
+) -> tuple[bool, bool, float]:
+    """All ranks stop at the same step, for the same reason, and share one clock (it sets the
+    learning rate): each flag is true if it is on any rank, the clock is the slowest rank's."""
+    if ddp.world_size == 1:
+        return stop, diverged, elapsed
+    flags = torch.tensor([stop, diverged, elapsed], dtype=torch.float64, device=device)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return bool(flags[0]), bool(flags[1]), flags[2].item()
+
+
+@contextmanager
+def rank_zero_first(ddp: Distributed) -> Iterator[None]:
+    """Rank 0 goes through the block first, doing what is done once for all (the download, the
+    token cache); the other ranks enter it once rank 0 is through."""
+    if ddp.world_size > 1 and not ddp.is_main:
+        dist.barrier()
+    yield
+    if ddp.world_size > 1 and ddp.is_main:
+        dist.barrier()
+
+
+def distributed_model(model: nn.Module, ddp: Distributed, device: torch.device) -> nn.Module:
+    """model, wrapped to average its gradients across the processes when there are several."""
+    if ddp.world_size == 1:
+        return model
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def leave_distributed(ddp: Distributed) -> None:
+    """Leave the process group together. The caller drops its DDP-wrapped model first: DDP holds
+    the group inside reference cycles, which gloo cannot free while Python shuts down, so they
+    are collected here."""
+    if ddp.world_size > 1:
+        gc.collect()
+        dist.barrier()
+        dist.destroy_process_group()
