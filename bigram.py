@@ -54,6 +54,11 @@ class GPTConfig:
     qk_norm: bool = setting(False, "RMS-norm queries and keys per head", shape=True)
     mlp: str = setting("gelu", "the MLP's activation", ("gelu", "relu2"), shape=True)
     split_qkv: bool = setting(False, "q, k, v from three matrices (Muon: one each)", shape=True)
+    residual_scalars: bool = setting(False, "each block reads a learned mix of the residual "
+                                     "stream and the embedding", shape=True)  # fmt: skip
+    # Measured here and not kept (docs/results.md): off in both architectures.
+    pair_embedding: bool = setting(False, "add an embedding of each character pair", shape=True)
+    logit_cap: float = setting(0.0, "soft-cap the logits at this (0: off)", shape=True)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -65,6 +70,8 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
+        if not (math.isfinite(self.logit_cap) and self.logit_cap >= 0):
+            raise ValueError(f"logit_cap must be a number >= 0, got {self.logit_cap}")
         for f in fields(GPTConfig):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -87,6 +94,7 @@ class KVCache:
         self.layers = [(zeros(), zeros()) for _ in range(config.n_layer)]  # (keys, values) each
         self.length = 0  # positions filled so far
         self.capacity = config.block_size
+        self.last_token = None  # (B, 1): the character before the next one (pair embedding)
 
 
 ROPE_BASE = 10000.0  # the longest wavelength of the rotary positions, in characters
@@ -206,6 +214,12 @@ class GPTLanguageModel(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         else:
             self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
+        if config.pair_embedding:  # a row per (previous, current) pair; row V: no previous one
+            self.pair_embedding = nn.Embedding((config.vocab_size + 1) * config.vocab_size,
+                                               config.n_embd)  # fmt: skip
+        if config.residual_scalars:  # each block reads resid * x + x0 * (the embedding)
+            self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
+            self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
         self.dropout = hardware.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
@@ -215,6 +229,8 @@ class GPTLanguageModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+        if config.pair_embedding:  # zero: the model starts as the one without the table
+            nn.init.zeros_(self.pair_embedding.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -236,6 +252,8 @@ class GPTLanguageModel(nn.Module):
         if start + T > self.config.block_size and not rolling:
             raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
         x = self.token_embedding(idx)
+        if self.config.pair_embedding:
+            x = x + self.pair_embedding(self.pair_ids(idx, kv_cache))
         rope = None
         if self.config.rope and start + T <= self.config.block_size:
             rope = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
@@ -243,15 +261,29 @@ class GPTLanguageModel(nn.Module):
             rope = rotary(start, T, self.config.n_embd // self.config.n_head, idx.device)
         else:  # a slice of the table: no index tensor to build
             x = x + self.position_embedding.weight[start : start + T]
-        x = self.dropout(x)
+        x = x0 = self.dropout(x)
         for i, block in enumerate(self.blocks):
-            cache = kv_cache.layers[i] if kv_cache is not None else None
-            x = block(x, cache, start, rope)
+            if self.config.residual_scalars:
+                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, start, rope)
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.lm_head(self.ln_f(x))
+        if self.config.logit_cap:  # logits stay within +-cap: no character becomes certain
+            logits = self.config.logit_cap * torch.tanh(logits / self.config.logit_cap)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
+
+    def pair_ids(self, idx: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
+        """Each character's row of the pair embedding: (previous, current). The first character
+        of a window has no previous one in it (row V), in training as in generation."""
+        V = self.config.vocab_size
+        first = torch.full_like(idx[:, :1], V)
+        if kv_cache is not None and kv_cache.length > 0:
+            first = kv_cache.last_token
+        if kv_cache is not None:
+            kv_cache.last_token = idx[:, -1:]
+        return torch.cat([first, idx[:, :-1]], dim=1) * V + idx
 
 
 class BigramLanguageModel(nn.Module):
@@ -382,9 +414,11 @@ def training_sample(model: nn.Module, vocab: list[str], num_chars: int, seed: in
 # better here (docs/results.md).
 ARCHITECTURES = {
     "classic": dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                    split_qkv=False, optimizer="adamw", schedule="cosine"),
+                    split_qkv=False, residual_scalars=False, pair_embedding=False, logit_cap=0.0,
+                    optimizer="adamw", schedule="cosine"),
     "modern": dict(rope=True, norm="rms", qk_norm=True, mlp="relu2", bias=False,
-                   split_qkv=True, optimizer="muon", schedule="wsd"),
+                   split_qkv=True, residual_scalars=False, pair_embedding=False, logit_cap=0.0,
+                   optimizer="muon", schedule="wsd"),
 }  # fmt: skip
 # `gpu` is the reference run: TrainConfig's defaults. The CPU presets train for ten minutes
 # (max_iters is a cap), each shape chosen by measurement for the best validation loss in that time:
@@ -399,7 +433,6 @@ PRESETS = {
 }
 ADAM_BETAS = (0.9, 0.99)  # beta2 0.99 rather than 0.999: small batches, few iterations
 MUON_MOMENTUM = 0.95
-WSD_DECAY_SHARE = 0.45  # warmup-stable-decay: the learning rate falls over the last 45% of the run
 
 
 @dataclass
@@ -425,6 +458,7 @@ class TrainConfig(GPTConfig):
     schedule: str = setting("cosine", "after warmup: cosine, or wsd (flat, then a line)",
                             ("cosine", "wsd"))  # fmt: skip
     warmup_iters: int = setting(100, "steps of linear warmup")
+    decay_share: float = setting(0.45, "wsd: the last share of the run the learning rate falls")
     weight_decay: float = setting(0.1, "weight decay of the matrices (AdamW and Muon)")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0: off)")
     max_minutes: float = setting(0.0, "time budget: the schedule fits it (0: none)")
@@ -523,12 +557,12 @@ def run_progress(it: int, elapsed: float, config: TrainConfig) -> float:
 def lr_scale(progress: float, step: int, config: TrainConfig) -> float:
     """The share of each peak learning rate to use now: linear warmup, then down to
     min_lr / lr as progress (0..1) goes to 1, along a cosine or, for "wsd", flat until the last
-    WSD_DECAY_SHARE of the run and then in a straight line."""
+    decay_share of the run and then in a straight line."""
     if step < config.warmup_iters:
         return (step + 1) / config.warmup_iters
     floor, progress = config.min_lr / config.lr, min(progress, 1.0)
     if config.schedule == "wsd":
-        remaining = (1 - progress) / WSD_DECAY_SHARE  # 1 when the decay starts, 0 at the end
+        remaining = (1 - progress) / config.decay_share  # 1 when the decay starts, 0 at the end
         return floor + min(1.0, remaining) * (1 - floor)
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
 

@@ -31,9 +31,11 @@ REQUIRED_KEYS = ("model_args", "vocab", "model", "iter", "best_val_loss")
 RESUME_KEYS = ("config", "optimizer", "elapsed_s")
 
 # A checkpoint without the architecture's switches holds the classic model, trained with AdamW and
-# a cosine schedule; a modern one without split_qkv has one qkv matrix.
+# a cosine schedule; a modern one without split_qkv has one qkv matrix; one without the pair
+# embedding, residual scalars or logit cap has none of them.
 SETTINGS_BEFORE_SWITCHES = dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                                split_qkv=False)  # fmt: skip
+                                split_qkv=False, pair_embedding=False, residual_scalars=False,
+                                logit_cap=0.0)  # fmt: skip
 TRAINING_BEFORE_SWITCHES = dict(optimizer="adamw", schedule="cosine")
 
 

@@ -91,7 +91,15 @@ def validate(config: TrainConfig) -> None:
     for name in positive:
         if getattr(config, name) < 1:
             raise UserError(f"{flag(name)} must be at least 1")
-    numbers = ["lr", "min_lr", "muon_lr", "warmup_iters", "weight_decay", "grad_clip"]
+    numbers = [
+        "lr",
+        "min_lr",
+        "muon_lr",
+        "decay_share",
+        "warmup_iters",
+        "weight_decay",
+        "grad_clip",
+    ]
     for name in [*numbers, "max_minutes"]:
         value = getattr(config, name)
         if not math.isfinite(value):  # NaN passes every comparison below: refuse it first
@@ -102,6 +110,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError("learning rates must satisfy 0 <= --min-lr <= --lr and --lr > 0")
     if config.muon_lr <= 0:
         raise UserError("--muon-lr must be above 0")
+    if not 0 < config.decay_share <= 1:
+        raise UserError("--decay-share must be in (0, 1]")
     for f in fields(TrainConfig):  # a damaged checkpoint's settings can hold anything
         choices = f.metadata.get("choices")
         if choices and f.name != "backend" and getattr(config, f.name) not in choices:

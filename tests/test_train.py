@@ -287,8 +287,8 @@ def test_wsd_schedule_is_flat_then_falls_in_a_line_to_min_lr():
     config = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="wsd")
     assert bigram.lr_scale(0.0, 4, config) == pytest.approx(0.5)  # warming up
     assert bigram.lr_scale(0.3, 500, config) == 1.0
-    assert bigram.lr_scale(1 - bigram.WSD_DECAY_SHARE, 500, config) == pytest.approx(1.0)
-    halfway_down = 1 - bigram.WSD_DECAY_SHARE / 2
+    assert bigram.lr_scale(1 - config.decay_share, 500, config) == pytest.approx(1.0)
+    halfway_down = 1 - config.decay_share / 2
     assert bigram.lr_scale(halfway_down, 500, config) == pytest.approx(0.55)
     assert bigram.lr_scale(1.0, 500, config) == pytest.approx(0.1)
     cosine = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="cosine")
