@@ -193,8 +193,6 @@ def flops_per_token(model: nn.Module) -> float:
     if isinstance(model, bigram.GPTLanguageModel):
         if not c.rope:  # a table lookup, not a product
             n -= model.position_embedding.weight.numel()
-        if c.pair_embedding:  # a lookup too
-            n -= model.pair_embedding.weight.numel()
         return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
     return 6 * n
 

@@ -56,9 +56,6 @@ class GPTConfig:
     split_qkv: bool = setting(False, "q, k, v from three matrices (Muon: one each)", shape=True)
     residual_scalars: bool = setting(False, "each block reads a learned mix of the residual "
                                      "stream and the embedding", shape=True)  # fmt: skip
-    # Measured here and not kept (docs/results.md): off in both architectures.
-    pair_embedding: bool = setting(False, "add an embedding of each character pair", shape=True)
-    logit_cap: float = setting(0.0, "soft-cap the logits at this (0: off)", shape=True)
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -70,8 +67,6 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
-        if not (math.isfinite(self.logit_cap) and self.logit_cap >= 0):
-            raise ValueError(f"logit_cap must be a number >= 0, got {self.logit_cap}")
         for f in fields(GPTConfig):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -94,7 +89,6 @@ class KVCache:
         self.layers = [(zeros(), zeros()) for _ in range(config.n_layer)]  # (keys, values) each
         self.length = 0  # positions filled so far
         self.capacity = config.block_size
-        self.last_token = None  # (B, 1): the character before the next one (pair embedding)
 
 
 ROPE_BASE = 10000.0  # the longest wavelength of the rotary positions, in characters
@@ -214,9 +208,6 @@ class GPTLanguageModel(nn.Module):
             self.register_buffer("rope_sin", sin, persistent=False)
         else:
             self.position_embedding = nn.Embedding(config.block_size, config.n_embd)
-        if config.pair_embedding:  # a row per (previous, current) pair; row V: no previous one
-            self.pair_embedding = nn.Embedding((config.vocab_size + 1) * config.vocab_size,
-                                               config.n_embd)  # fmt: skip
         if config.residual_scalars:  # each block reads resid * x + x0 * (the embedding)
             self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
             self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
@@ -229,8 +220,6 @@ class GPTLanguageModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-        if config.pair_embedding:  # zero: the model starts as the one without the table
-            nn.init.zeros_(self.pair_embedding.weight)
 
     @staticmethod
     def _init_weights(module):
@@ -252,8 +241,6 @@ class GPTLanguageModel(nn.Module):
         if start + T > self.config.block_size and not rolling:
             raise ValueError(f"{start + T} positions exceed block_size {self.config.block_size}")
         x = self.token_embedding(idx)
-        if self.config.pair_embedding:
-            x = x + self.pair_embedding(self.pair_ids(idx, kv_cache))
         rope = None
         if self.config.rope and start + T <= self.config.block_size:
             rope = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
@@ -269,21 +256,8 @@ class GPTLanguageModel(nn.Module):
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.lm_head(self.ln_f(x))
-        if self.config.logit_cap:  # logits stay within +-cap: no character becomes certain
-            logits = self.config.logit_cap * torch.tanh(logits / self.config.logit_cap)
         loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten())
         return logits, loss
-
-    def pair_ids(self, idx: torch.Tensor, kv_cache: KVCache | None) -> torch.Tensor:
-        """Each character's row of the pair embedding: (previous, current). The first character
-        of a window has no previous one in it (row V), in training as in generation."""
-        V = self.config.vocab_size
-        first = torch.full_like(idx[:, :1], V)
-        if kv_cache is not None and kv_cache.length > 0:
-            first = kv_cache.last_token
-        if kv_cache is not None:
-            kv_cache.last_token = idx[:, -1:]
-        return torch.cat([first, idx[:, :-1]], dim=1) * V + idx
 
 
 class BigramLanguageModel(nn.Module):
@@ -414,10 +388,10 @@ def training_sample(model: nn.Module, vocab: list[str], num_chars: int, seed: in
 # better here (docs/results.md).
 ARCHITECTURES = {
     "classic": dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                    split_qkv=False, residual_scalars=False, pair_embedding=False, logit_cap=0.0,
+                    split_qkv=False, residual_scalars=False,
                     optimizer="adamw", schedule="cosine"),
     "modern": dict(rope=True, norm="rms", qk_norm=True, mlp="relu2", bias=False,
-                   split_qkv=True, residual_scalars=False, pair_embedding=False, logit_cap=0.0,
+                   split_qkv=True, residual_scalars=False,
                    optimizer="muon", schedule="wsd"),
 }  # fmt: skip
 # `gpu` is the reference run: TrainConfig's defaults. The CPU presets train for ten minutes

@@ -126,6 +126,3 @@ def test_training_flops_follow_the_architecture():
     classic_count = bigram.count_parameters(classic)
     assert bench.flops_per_token(classic) == 6 * (classic_count - position_table) + attention
     assert bench.flops_per_token(modern) == 6 * bigram.count_parameters(modern) + attention
-    pairs_config = bigram.GPTConfig(vocab_size=65, **{**modern_switches, "pair_embedding": True})
-    pairs = bigram.GPTLanguageModel(pairs_config)
-    assert bench.flops_per_token(pairs) == bench.flops_per_token(modern)  # a lookup: no FLOPs

@@ -134,3 +134,16 @@ def test_growing_the_vocabulary_keeps_the_trained_rows():
     wider = GPTLanguageModel(GPTConfig(**{**vars(small), "n_embd": 16}))
     with pytest.raises(UserError, match="weights do not fit"):  # only the vocabulary grows
         load_weights(wider, trained, "trained.pt", old_vocab=5)
+
+
+def test_a_checkpoint_with_a_removed_switch_off_loads_and_with_it_on_is_refused(tmp_path):
+    saved = make_checkpoint()
+    off = {"pair_embedding": False, "logit_cap": 0.0}  # switches measured, then removed
+    save_checkpoint(saved | {"model_args": saved["model_args"] | off}, tmp_path / "off.pt")
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "off.pt")).eval()
+    idx = torch.tensor([[0, 1, 2, 3]])
+    torch.testing.assert_close(model(idx)[0], model_from_checkpoint(saved).eval()(idx)[0])
+    on = saved["model_args"] | {"pair_embedding": True}
+    save_checkpoint(saved | {"model_args": on}, tmp_path / "on.pt")
+    with pytest.raises(UserError, match="unknown setting 'pair_embedding'"):
+        model_from_checkpoint(load_checkpoint(tmp_path / "on.pt"), path=tmp_path / "on.pt")

@@ -18,18 +18,16 @@ from bigram import (
 CONFIG = GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
 MODERN_SWITCHES = {k: v for k, v in ARCHITECTURES["modern"].items() if k in model_settings(CONFIG)}
 MODERN = GPTConfig(**{**vars(CONFIG), **MODERN_SWITCHES})
-# Every 2025-2026 switch, their new parameters moved off their neutral start in the fixture.
-EXTRA = dict(pair_embedding=True, residual_scalars=True, logit_cap=15.0)
-NEWER = GPTConfig(**{**vars(MODERN), **EXTRA})
+SCALARS = GPTConfig(**{**vars(MODERN), "residual_scalars": True})
 
 
-@pytest.fixture(params=[CONFIG, MODERN, NEWER], ids=["classic", "modern", "modern+newer"])
+@pytest.fixture(params=[CONFIG, MODERN, SCALARS], ids=["classic", "modern", "residual-scalars"])
 def model(request) -> GPTLanguageModel:
     torch.manual_seed(0)
     model = GPTLanguageModel(request.param).eval()
-    if request.param.pair_embedding:
+    if request.param.residual_scalars:  # off their neutral start, so that they count
         with torch.no_grad():
-            model.pair_embedding.weight.normal_(std=0.5)
+            model.resid_lambdas.fill_(0.8)
             model.x0_lambdas.fill_(0.5)
     return model
 
@@ -76,7 +74,6 @@ def test_split_qkv_computes_what_one_qkv_matrix_with_the_same_weights_does(base)
         (dict(norm="batch"), "norm must be one of layer, rms"),
         (dict(mlp="swish"), "mlp must be one of gelu, relu2"),
         (dict(rope=True, n_embd=18, n_head=2), "even head size"),
-        (dict(logit_cap=-1.0), "logit_cap must be a number >= 0"),
     ],
 )
 def test_impossible_config_is_rejected(changes, message):
@@ -194,33 +191,12 @@ def test_cached_generation_works_with_a_one_character_context():
     assert len(steps) == 5
 
 
-def test_the_newer_switches_start_as_the_model_without_them():
+def test_residual_scalars_start_as_the_model_without_them():
     torch.manual_seed(0)
-    plain = GPTLanguageModel(GPTConfig(**{**vars(MODERN), "residual_scalars": False})).eval()
+    plain = GPTLanguageModel(MODERN).eval()
     torch.manual_seed(0)
-    newer = GPTLanguageModel(GPTConfig(**{**vars(MODERN), **EXTRA, "logit_cap": 0.0})).eval()
-    missing, _ = newer.load_state_dict(plain.state_dict(), strict=False)  # the shared weights
-    assert set(missing) == {"pair_embedding.weight", "resid_lambdas", "x0_lambdas"}
+    mixed = GPTLanguageModel(SCALARS).eval()
+    missing, _ = mixed.load_state_dict(plain.state_dict(), strict=False)  # the shared weights
+    assert set(missing) == {"resid_lambdas", "x0_lambdas"}
     idx = torch.randint(0, 11, (2, 12))
-    torch.testing.assert_close(newer(idx)[0], plain(idx)[0])  # a zero table, resid 1, x0 0
-
-
-def test_the_pair_embedding_reads_the_previous_character():
-    torch.manual_seed(0)
-    config = GPTConfig(**{**vars(MODERN), "n_layer": 1, "pair_embedding": True})
-    model = GPTLanguageModel(config).eval()
-    with torch.no_grad():
-        model.pair_embedding.weight.normal_()
-    after_3, after_4 = model(torch.tensor([[3, 5]]))[0], model(torch.tensor([[4, 5]]))[0]
-    assert not torch.allclose(after_3[0, 1], after_4[0, 1])  # the same character, another pair
-    first = model.pair_ids(torch.tensor([[3, 5]]), None)
-    assert first.tolist() == [[11 * 11 + 3, 3 * 11 + 5]]  # row V: no previous character
-
-
-def test_logits_stay_within_the_cap():
-    torch.manual_seed(0)
-    model = GPTLanguageModel(GPTConfig(**{**vars(CONFIG), "logit_cap": 2.0})).eval()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(1000)
-    logits, _ = model(torch.randint(0, 11, (2, 12)))
-    assert logits.abs().max() <= 2.0 and logits.abs().max() > 1.9
+    torch.testing.assert_close(mixed(idx)[0], plain(idx)[0])  # resid 1, x0 0: the plain stream
