@@ -14,13 +14,16 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def flag_fields(config_class) -> list[dataclasses.Field]:
+    """The fields of config_class (a dataclass) that are flags: those with help text."""
+    return [field for field in dataclasses.fields(config_class) if "help" in field.metadata]
+
+
 def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """A --flag for each field of config_class (a dataclass) that has help text: booleans as
-    --x/--no-x, choices as choices. Every flag defaults to None, so that what was given on the
-    command line can be told from what was not."""
-    for field in dataclasses.fields(config_class):
-        if "help" not in field.metadata:
-            continue
+    """A --flag for each of config_class's flag_fields: booleans as --x/--no-x, choices as
+    choices. Every flag defaults to None, so that what was given on the command line can be told
+    from what was not."""
+    for field in flag_fields(config_class):
         kind = {"type": field.type}
         if field.type is bool:
             kind = {"action": argparse.BooleanOptionalAction}

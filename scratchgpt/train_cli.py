@@ -18,7 +18,7 @@ import torch
 import bigram
 from bigram import ARCHITECTURES, PRESETS, TrainConfig
 from scratchgpt import checkpoint, corpus, files, hardware, reddit, runlog
-from scratchgpt.cli import add_flags, check_seed, flag
+from scratchgpt.cli import add_flags, check_seed, flag, flag_fields
 from scratchgpt.files import UserError
 
 # The settings a trained model fixes: --resume and --init-from refuse to change them.
@@ -47,7 +47,7 @@ def default_preset(device: torch.device) -> str:
 
 def make_config(args: argparse.Namespace, device: torch.device, saved: dict | None) -> TrainConfig:
     """Preset (or the resumed run's saved settings), then the flags given on the command line."""
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if "help" in f.metadata}
+    given = {f.name: getattr(args, f.name) for f in flag_fields(TrainConfig)}
     given = {k: v for k, v in given.items() if v is not None}
     arch = ARCHITECTURES[args.arch] if args.arch else {}  # switches given one by one win
     if saved is not None:
