@@ -32,9 +32,10 @@ RESUME_KEYS = ("config", "optimizer", "elapsed_s")
 
 # A checkpoint without the architecture's switches holds the classic model, trained with AdamW and
 # a cosine schedule; a modern one without split_qkv has one qkv matrix, one without
-# residual_scalars has none.
+# residual_scalars or value_embeddings has neither.
 SETTINGS_BEFORE_SWITCHES = dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                                split_qkv=False, residual_scalars=False)  # fmt: skip
+                                split_qkv=False, residual_scalars=False,
+                                value_embeddings=False)  # fmt: skip
 # Switches that were measured and removed (docs/results.md): switched off, they are the model
 # without them; switched on, the checkpoint is refused as holding an unknown setting.
 REMOVED_SWITCHES = dict(pair_embedding=False, logit_cap=0.0)
