@@ -56,8 +56,6 @@ class GPTConfig:
     split_qkv: bool = setting(False, "q, k, v from three matrices (Muon: one each)", shape=True)
     residual_scalars: bool = setting(False, "each block reads a learned mix of the residual "
                                      "stream and the embedding", shape=True)  # fmt: skip
-    value_embeddings: bool = setting(False, "every other block adds a per-character table to "
-                                     "attention's values, gated per head", shape=True)  # fmt: skip
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -122,7 +120,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig, value_embedding: bool = False):
+    def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head = config.n_head
         self.qk_norm = config.qk_norm
@@ -135,14 +133,8 @@ class CausalSelfAttention(nn.Module):
             self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = hardware.Dropout(config.dropout)
-        # A value embedding: what each character contributes to the values, looked up rather
-        # than computed, scaled per head by 2 * sigmoid(a gate read off the input; 1 at start).
-        self.value_embedding = self.value_gate = None
-        if value_embedding:
-            self.value_embedding = nn.Embedding(config.vocab_size, config.n_embd)
-            self.value_gate = nn.Linear(config.n_embd, config.n_head, bias=False)
 
-    def forward(self, x, cache=None, start: int = 0, rope=None, idx=None):
+    def forward(self, x, cache=None, start: int = 0, rope=None):
         B, T, C = x.shape
         # SDPA's causal mask is aligned top-left, so a multi-token step must start an empty cache.
         assert T == 1 or start == 0, "multi-token steps must start an empty cache"
@@ -155,10 +147,6 @@ class CausalSelfAttention(nn.Module):
             )
         else:  # one (B, T, 3 * C) -> (B, T, 3, n_head, head_size) -> (3, B, n_head, T, ...)
             q, k, v = self.qkv(x).view(B, T, 3, self.n_head, head_size).permute(2, 0, 3, 1, 4)
-        if self.value_embedding is not None:  # idx: the characters x stands for
-            table = self.value_embedding(idx).view(B, T, self.n_head, head_size).transpose(1, 2)
-            gate = 2 * torch.sigmoid(self.value_gate(x)).transpose(1, 2)[..., None]
-            v = v + (gate * table).to(v.dtype)
         if self.qk_norm:  # unit-RMS queries and keys: no logit can grow without bound
             q, k = F.rms_norm(q, q.shape[-1:]), F.rms_norm(k, k.shape[-1:])
         if rope is not None:
@@ -196,15 +184,15 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """Communication (attention) then computation (MLP), each on a pre-normed residual branch."""
 
-    def __init__(self, config: GPTConfig, value_embedding: bool = False):
+    def __init__(self, config: GPTConfig):
         super().__init__()
         self.ln1 = make_norm(config)
-        self.attn = CausalSelfAttention(config, value_embedding)
+        self.attn = CausalSelfAttention(config)
         self.ln2 = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, start: int = 0, rope=None, idx=None):
-        x = x + self.attn(self.ln1(x), cache, start, rope, idx)
+    def forward(self, x, cache=None, start: int = 0, rope=None):
+        x = x + self.attn(self.ln1(x), cache, start, rope)
         return x + self.mlp(self.ln2(x))
 
 
@@ -224,10 +212,7 @@ class GPTLanguageModel(nn.Module):
             self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
             self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
         self.dropout = hardware.Dropout(config.dropout)
-        # Value embeddings go to every other block, the last one included.
-        with_table = [config.value_embeddings and (config.n_layer - 1 - i) % 2 == 0
-                      for i in range(config.n_layer)]  # fmt: skip
-        self.blocks = nn.ModuleList(Block(config, table) for table in with_table)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
         self.apply(self._init_weights)
@@ -235,8 +220,6 @@ class GPTLanguageModel(nn.Module):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
-            if name.endswith("value_gate.weight"):
-                nn.init.zeros_(p)
 
     @staticmethod
     def _init_weights(module):
@@ -269,7 +252,7 @@ class GPTLanguageModel(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.config.residual_scalars:
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, start, rope, idx)
+            x = block(x, kv_cache.layers[i] if kv_cache is not None else None, start, rope)
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.lm_head(self.ln_f(x))
@@ -405,10 +388,10 @@ def training_sample(model: nn.Module, vocab: list[str], num_chars: int, seed: in
 # better here (docs/results.md).
 ARCHITECTURES = {
     "classic": dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                    split_qkv=False, residual_scalars=False, value_embeddings=False,
+                    split_qkv=False, residual_scalars=False,
                     optimizer="adamw", schedule="cosine"),
     "modern": dict(rope=True, norm="rms", qk_norm=True, mlp="relu2", bias=False,
-                   split_qkv=True, residual_scalars=False, value_embeddings=False,
+                   split_qkv=True, residual_scalars=False,
                    optimizer="muon", schedule="wsd"),
 }  # fmt: skip
 # `gpu` is the reference run: TrainConfig's defaults. The CPU presets train for ten minutes
@@ -453,7 +436,6 @@ class TrainConfig(GPTConfig):
     warmup_iters: int = setting(100, "steps of linear warmup")
     decay_share: float = setting(0.45, "wsd: the last share of the run the learning rate falls")
     weight_decay: float = setting(0.1, "weight decay of the matrices (AdamW and Muon)")
-    cautious_decay: bool = setting(False, "decay a weight only where its step moves it toward 0")
     grad_clip: float = setting(1.0, "clip the gradient norm to this (0: off)")
     max_minutes: float = setting(0.0, "time budget: the schedule fits it (0: none)")
     device: str = setting("auto", "default: auto", ("auto", "cpu", "cuda", "mps"))
@@ -561,10 +543,6 @@ def lr_scale(progress: float, step: int, config: TrainConfig) -> float:
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
 
 
-# In the blocks but not hidden matrices: a lookup table and a one-row-per-head gate stay on AdamW.
-NOT_FOR_MUON = ("value_embedding.weight", "value_gate.weight")
-
-
 def make_optimizers(model: nn.Module, config: TrainConfig, device: torch.device) -> list:
     """AdamW that decays only matrices (biases and norm gains stay free); with --optimizer muon,
     the blocks' matrices go to Muon instead, which orthogonalises each update (every direction
@@ -573,49 +551,19 @@ def make_optimizers(model: nn.Module, config: TrainConfig, device: torch.device)
     hidden, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
-            to_muon = (config.optimizer == "muon" and name.startswith("blocks.") and p.dim() == 2
-                       and not name.endswith(NOT_FOR_MUON))  # fmt: skip
+            to_muon = config.optimizer == "muon" and name.startswith("blocks.") and p.dim() == 2
             (hidden if to_muon else rest).append(p)
-    # Cautious decay: the optimizers decay nothing themselves; a hook does it after each step.
-    decay = {"cautious_decay": config.weight_decay, "weight_decay": 0.0}
-    if not config.cautious_decay:
-        decay = {"weight_decay": config.weight_decay}
     groups = [
-        {"params": [p for p in rest if p.dim() >= 2], **decay},
+        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
     ]
     optimizers = [hardware.adamw(groups, device, lr=config.lr, betas=ADAM_BETAS)]
     if hidden:
-        optimizers.append(hardware.muon([{"params": hidden, **decay}], device, lr=config.muon_lr,
-                                        momentum=MUON_MOMENTUM, nesterov=True))  # fmt: skip
-    if config.cautious_decay:
-        for optimizer in optimizers:
-            add_cautious_decay(optimizer)
+        optimizers.append(
+            hardware.muon(hidden, device, lr=config.muon_lr, weight_decay=config.weight_decay,
+                          momentum=MUON_MOMENTUM, nesterov=True)
+        )  # fmt: skip
     return optimizers
-
-
-def add_cautious_decay(optimizer: torch.optim.Optimizer) -> None:
-    """Decoupled weight decay (lr * decay * weight) applied after each step, to the weights of
-    the groups with a "cautious_decay" rate, and only where the step itself moved the weight
-    toward zero (or left it): decay then never pulls against what the gradient asks for."""
-    before = {}
-
-    def remember(optimizer, args, kwargs):
-        for group in optimizer.param_groups:
-            if group.get("cautious_decay"):
-                before.update({id(p): p.detach().clone() for p in group["params"]})
-
-    @torch.no_grad()
-    def decay(optimizer, args, kwargs):
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if id(p) in before:
-                    old = before.pop(id(p))
-                    toward_zero = (p - old) * old <= 0
-                    p.sub_(old * toward_zero, alpha=group["lr"] * group["cautious_decay"])
-
-    optimizer.register_step_pre_hook(remember)
-    optimizer.register_step_post_hook(decay)
 
 
 def set_learning_rates(optimizers: list, config: TrainConfig, scale: float) -> None:

@@ -32,13 +32,13 @@ RESUME_KEYS = ("config", "optimizer", "elapsed_s")
 
 # A checkpoint without the architecture's switches holds the classic model, trained with AdamW and
 # a cosine schedule; a modern one without split_qkv has one qkv matrix, one without
-# residual_scalars or value_embeddings has neither.
+# residual_scalars has none.
 SETTINGS_BEFORE_SWITCHES = dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                                split_qkv=False, residual_scalars=False,
-                                value_embeddings=False)  # fmt: skip
+                                split_qkv=False, residual_scalars=False)  # fmt: skip
 # Switches that were measured and removed (docs/results.md): switched off, they are the model
 # without them; switched on, the checkpoint is refused as holding an unknown setting.
-REMOVED_SWITCHES = dict(pair_embedding=False, logit_cap=0.0)
+REMOVED_SWITCHES = dict(pair_embedding=False, logit_cap=0.0, value_embeddings=False,
+                        cautious_decay=False)  # fmt: skip
 TRAINING_BEFORE_SWITCHES = dict(optimizer="adamw", schedule="cosine")
 
 

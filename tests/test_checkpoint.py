@@ -136,14 +136,16 @@ def test_growing_the_vocabulary_keeps_the_trained_rows():
         load_weights(wider, trained, "trained.pt", old_vocab=5)
 
 
-def test_a_checkpoint_with_a_removed_switch_off_loads_and_with_it_on_is_refused(tmp_path):
+@pytest.mark.parametrize("switch", ["pair_embedding", "value_embeddings"])
+def test_a_checkpoint_with_a_removed_switch_off_loads_and_with_it_on_is_refused(tmp_path, switch):
     saved = make_checkpoint()
-    off = {"pair_embedding": False, "logit_cap": 0.0}  # switches measured, then removed
+    # switches measured, then removed
+    off = {"pair_embedding": False, "logit_cap": 0.0, "value_embeddings": False}
     save_checkpoint(saved | {"model_args": saved["model_args"] | off}, tmp_path / "off.pt")
     model = model_from_checkpoint(load_checkpoint(tmp_path / "off.pt")).eval()
     idx = torch.tensor([[0, 1, 2, 3]])
     torch.testing.assert_close(model(idx)[0], model_from_checkpoint(saved).eval()(idx)[0])
-    on = saved["model_args"] | {"pair_embedding": True}
+    on = saved["model_args"] | {switch: True}
     save_checkpoint(saved | {"model_args": on}, tmp_path / "on.pt")
-    with pytest.raises(UserError, match="unknown setting 'pair_embedding'"):
+    with pytest.raises(UserError, match=f"unknown setting '{switch}'"):
         model_from_checkpoint(load_checkpoint(tmp_path / "on.pt"), path=tmp_path / "on.pt")

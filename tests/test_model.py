@@ -19,24 +19,16 @@ CONFIG = GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16,
 MODERN_SWITCHES = {k: v for k, v in ARCHITECTURES["modern"].items() if k in model_settings(CONFIG)}
 MODERN = GPTConfig(**{**vars(CONFIG), **MODERN_SWITCHES})
 SCALARS = GPTConfig(**{**vars(MODERN), "residual_scalars": True})
-VALUES = GPTConfig(**{**vars(MODERN), "value_embeddings": True})
 
 
-@pytest.fixture(
-    params=[CONFIG, MODERN, SCALARS, VALUES],
-    ids=["classic", "modern", "residual-scalars", "value-embeddings"],
-)
+@pytest.fixture(params=[CONFIG, MODERN, SCALARS], ids=["classic", "modern", "residual-scalars"])
 def model(request) -> GPTLanguageModel:
     torch.manual_seed(0)
     model = GPTLanguageModel(request.param).eval()
-    with torch.no_grad():  # off their neutral start, so that they count
-        if request.param.residual_scalars:
+    if request.param.residual_scalars:  # off their neutral start, so that they count
+        with torch.no_grad():
             model.resid_lambdas.fill_(0.8)
             model.x0_lambdas.fill_(0.5)
-        for block in model.blocks if request.param.value_embeddings else []:
-            if block.attn.value_gate is not None:
-                torch.nn.init.normal_(block.attn.value_gate.weight, std=0.5)
-                torch.nn.init.normal_(block.attn.value_embedding.weight, std=0.5)
     return model
 
 
@@ -208,30 +200,3 @@ def test_residual_scalars_start_as_the_model_without_them():
     assert set(missing) == {"resid_lambdas", "x0_lambdas"}
     idx = torch.randint(0, 11, (2, 12))
     torch.testing.assert_close(mixed(idx)[0], plain(idx)[0])  # resid 1, x0 0: the plain stream
-
-
-def test_value_embeddings_sit_in_every_other_block_ending_with_the_last():
-    model = GPTLanguageModel(GPTConfig(**{**vars(VALUES), "n_layer": 5}))
-    with_table = [block.attn.value_embedding is not None for block in model.blocks]
-    assert with_table == [True, False, True, False, True]
-    table = model.blocks[4].attn.value_embedding.weight
-    assert table.shape == (VALUES.vocab_size, VALUES.n_embd)
-    assert not model.blocks[4].attn.value_gate.weight.any()  # gate 2 * sigmoid(0) = 1 at start
-
-
-def test_value_embedding_adds_its_characters_row_to_the_values():
-    torch.manual_seed(0)
-    model = GPTLanguageModel(GPTConfig(**{**vars(VALUES), "n_layer": 1})).eval()
-    attn = model.blocks[0].attn
-    idx = torch.tensor([[3, 1, 2, 4, 5], [6, 7, 8, 9, 10]])  # character 3 at one place only
-    x = torch.randn(2, 5, VALUES.n_embd)
-    with torch.no_grad():
-        with_table = attn(x, idx=idx)
-        attn.value_embedding.weight.zero_()  # the table adds nothing: plain attention remains
-        without = attn(x, idx=idx)
-        attn.value_embedding.weight[3] = 1.0  # one character's row: sequence 0, position 0
-        first_only = attn(x, idx=idx)
-    assert not torch.allclose(with_table, without)
-    # Attention carries a value at position 0 to every later position of its sequence.
-    assert all(not torch.allclose(first_only[0, t], without[0, t]) for t in range(5))
-    torch.testing.assert_close(first_only[1], without[1])

@@ -5,7 +5,6 @@ import math
 import os
 import signal
 import sys
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -320,44 +319,6 @@ def test_muon_gets_queries_keys_and_values_as_three_matrices_with_split_qkv():
     names = {name for name, p in model.named_parameters() if id(p) in to_muon}
     attention = {f"blocks.0.attn.{name}.weight" for name in ("q", "k", "v", "proj")}
     assert names == attention | {"blocks.0.mlp.fc.weight", "blocks.0.mlp.proj.weight"}
-
-
-def test_value_embeddings_and_their_gates_stay_on_adamw():
-    config = bigram.TrainConfig(optimizer="muon")
-    shape = dict(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16)
-    model = bigram.GPTLanguageModel(bigram.GPTConfig(**shape, value_embeddings=True))
-    adamw, muon = bigram.make_optimizers(model, config, torch.device("cpu"))
-    names = {id(p): name for name, p in model.named_parameters()}
-    to_adamw = {names[id(p)] for group in adamw.param_groups for p in group["params"]}
-    to_muon = {names[id(p)] for group in muon.param_groups for p in group["params"]}
-    tables = {"blocks.0.attn.value_embedding.weight", "blocks.0.attn.value_gate.weight"}
-    assert tables <= to_adamw and not tables & to_muon
-
-
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
-def test_cautious_decay_shrinks_only_weights_the_step_moves_toward_zero(optimizer):
-    config = bigram.TrainConfig(optimizer=optimizer, weight_decay=0.5, cautious_decay=True)
-    model = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=9, block_size=8, n_layer=1,
-                                                     n_head=2, n_embd=16, dropout=0.0))  # fmt: skip
-    optimizers = bigram.make_optimizers(model, config, torch.device("cpu"))
-    weight = model.blocks[0].mlp.fc.weight
-    plain = bigram.make_optimizers(model, replace(config, weight_decay=0.0), torch.device("cpu"))
-    start = {name: t.clone() for name, t in model.state_dict().items()}
-    before = weight.detach().clone()
-    idx = torch.randint(9, (4, 8))
-    for optimizers_now in (plain, optimizers):  # the same step, without decay and then with
-        model.load_state_dict(start)
-        model(idx, idx)[1].backward()
-        for opt in optimizers_now:
-            opt.step()
-            opt.zero_grad()
-        if optimizers_now is plain:
-            undecayed = weight.detach().clone()
-    lr = config.muon_lr if optimizer == "muon" else config.lr
-    toward_zero = (undecayed - before) * before <= 0
-    expected = undecayed - lr * 0.5 * before * toward_zero
-    torch.testing.assert_close(weight.detach(), expected)
-    assert toward_zero.any() and not toward_zero.all()  # both kinds of weight were present
 
 
 def forget_settings(path, names):

@@ -277,6 +277,7 @@ def test_checkpoints_with_tampered_training_state_are_refused_on_resume(tmp_path
     for damage, message in [
         ({"config": good["config"] | {"lr": "fast"}}, "lr should be float"),
         ({"config": good["config"] | {"evil": 1}}, "unknown setting 'evil'"),
+        ({"config": good["config"] | {"cautious_decay": True}}, "unknown setting 'cautious_decay'"),
         ({"iter": -5}, "iter is -5"),
         ({"optimizer": {"state": 3}}, "damaged state"),
         ({"model_args": good["model_args"] | {"model_type": "lstm"}}, "unknown model type"),
