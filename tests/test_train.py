@@ -5,6 +5,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -147,6 +148,21 @@ def test_the_progress_bar_counts_down_the_time_budget(tmp_path, capsys):
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
     last = [line for line in bar if "%|" in line][-1]
     assert last.startswith("100%|") and "<00:00" in last, last
+
+
+def test_the_progress_bar_ends_full_when_the_budget_runs_out_in_an_evaluation(
+    tmp_path, capsys, monkeypatch
+):
+    def slow_evaluate(run, elapsed):
+        time.sleep(3.5)  # longer than the whole budget
+        return evaluate(run, elapsed)
+
+    evaluate = bigram.evaluate
+    monkeypatch.setattr(bigram, "evaluate", slow_evaluate)
+    train(tmp_path, "--max-iters", "100000", "--eval-interval", "5", "--max-minutes", "0.05")
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    last = [line for line in bar if "%|" in line][-1]
+    assert last.startswith("100%|"), last
 
 
 SHAKESPEARE = REPO / "data/input.txt"  # .ci/run copies the real corpus here
