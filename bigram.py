@@ -745,7 +745,7 @@ def train(run: Run, stop: threading.Event) -> str | None:
                 stopping, run.bad_loss is not None, elapsed, ddp, run.device
             )
             if halt and not diverged:
-                run.progress.advance(run_progress(run.step, elapsed, c))  # an evaluation may end it
+                run.progress.advance(run_progress(run.step, elapsed, c))  # evaluations count too
                 why = "interrupted" if stop.is_set() else f"{c.max_minutes:g} minutes spent"
                 run.progress.write(
                     f"stopping at iter {run.step} ({why}): evaluating, saving if best"

@@ -142,26 +142,31 @@ def test_progress_follows_whichever_budget_is_further_along():
     assert bigram.run_progress(100, 900.0, bigram.TrainConfig(max_iters=1000)) == 0.1
 
 
+def last_progress_bar(capsys) -> str:
+    """The progress bar as it was last drawn on stderr."""
+    lines = capsys.readouterr().err.replace("\r", "\n").splitlines()
+    return [line for line in lines if "%|" in line][-1]
+
+
 def test_the_progress_bar_counts_down_the_time_budget(tmp_path, capsys):
     # 100000 steps would take hours; the budget of 3 seconds ends the run, and the bar says so.
     train(tmp_path, "--max-iters", "100000", "--eval-interval", "1000", "--max-minutes", "0.05")
-    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
-    last = [line for line in bar if "%|" in line][-1]
+    last = last_progress_bar(capsys)
     assert last.startswith("100%|") and "<00:00" in last, last
 
 
 def test_the_progress_bar_ends_full_when_the_budget_runs_out_in_an_evaluation(
     tmp_path, capsys, monkeypatch
 ):
+    evaluate = bigram.evaluate
+
     def slow_evaluate(run, elapsed):
         time.sleep(3.5)  # longer than the whole budget
         return evaluate(run, elapsed)
 
-    evaluate = bigram.evaluate
     monkeypatch.setattr(bigram, "evaluate", slow_evaluate)
     train(tmp_path, "--max-iters", "100000", "--eval-interval", "5", "--max-minutes", "0.05")
-    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()
-    last = [line for line in bar if "%|" in line][-1]
+    last = last_progress_bar(capsys)
     assert last.startswith("100%|"), last
 
 
