@@ -2,6 +2,7 @@
 
     python MODEL.py                                   # 4000 characters of pseudo-Shakespeare
     python MODEL.py --prompt "ROMEO:" --temperature 0.8 --num-tokens 500
+    python MODEL.py --chat JULIET --as ROMEO          # talk with a character
     python MODEL.py --dataset reddit                  # the Reddit model
     python MODEL.py -i                                # type prompts, one continuation each
 
@@ -9,10 +10,12 @@ The model and the sampler come from bigram.py: one definition of each.
 """
 
 import argparse
+import io
 import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import torch
 from torch import nn
 
 from bigram import default_prompt, generate_tokens, model_from_checkpoint
-from scratchgpt import checkpoint, files, hardware
+from scratchgpt import chat, checkpoint, files, hardware
 from scratchgpt.cli import MAX_CHARS, check_seed
 from scratchgpt.corpus import DATASET_FILES, decode, encode, normalize_newlines, read_text
 from scratchgpt.files import UserError
@@ -31,7 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate text with a trained ScratchGPT model.")
     p.add_argument("--checkpoint", type=Path, help="default: checkpoints/<dataset>.pt")
     p.add_argument("--dataset", choices=DATASET_FILES, default="shakespeare")
-    p.add_argument("--num-tokens", type=int, default=4000, help="characters to generate")
+    p.add_argument("--num-tokens", type=int, help="characters to generate (default 4000; --chat: "
+                   f"the most a reply writes, default {chat.REPLY_CAP})")  # fmt: skip
     p.add_argument("--num-samples", type=int, default=1, help="independent samples, in one batch")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = always the likeliest")
     p.add_argument("--top-k", type=int, help="sample among the k likeliest characters only")
@@ -49,10 +53,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "-i", "--interactive", action="store_true", help="continue prompts typed line by line"
     )
+    p.add_argument("--chat", metavar="NAME", help="talk with the character NAME, line by line")
+    you = f"default {chat.DEFAULT_SPEAKER}, or {chat.PARTNER} to {chat.DEFAULT_SPEAKER}"
+    p.add_argument("--as", dest="speak_as", metavar="NAME",
+                   help=f"--chat: the name you speak as ({you})")  # fmt: skip
     return p.parse_args(argv)
 
 
 def check_args(args: argparse.Namespace) -> None:
+    if args.num_tokens is None:
+        args.num_tokens = chat.REPLY_CAP if args.chat is not None else 4000
     if args.num_tokens < 0 or args.num_samples < 1:
         raise UserError("--num-tokens must be >= 0 and --num-samples >= 1")
     if args.num_tokens * args.num_samples > MAX_CHARS:
@@ -180,6 +190,61 @@ def write_output(path: Path, text: str, overwrite: bool) -> None:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
 
 
+def check_chat(args: argparse.Namespace) -> None:
+    """Flags that mean nothing in a conversation are refused rather than ignored."""
+    flags = {
+        "--interactive": args.interactive,
+        "--num-samples": args.num_samples != 1,
+        "--prompt": args.prompt is not None,
+        "--prompt-file": args.prompt_file is not None,
+        "--no-stream": args.no_stream,
+    }
+    given = [flag for flag, present in flags.items() if present]
+    if given:
+        raise UserError(f"--chat reads your speeches from the input: {', '.join(given)} cannot "
+                        "be used with it")  # fmt: skip
+    if sys.stdin is None:  # started with stdin closed
+        raise UserError("--chat reads your speeches from stdin, which is closed")
+
+
+def text_writer(
+    args: argparse.Namespace, model: nn.Module, vocab: list[str], device: torch.device
+) -> chat.Writer:
+    """What the model writes after a text, with the sampling flags, from a generator seeded
+    with --seed: the same conversation with the same seed gets the same replies."""
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+
+    def write(text: str, max_chars: int) -> Iterator[str]:
+        ids = torch.from_numpy(encode(text, vocab).astype("int64")).to(device)[None]
+        with hardware.autocast(device, hardware.generation_dtype(device)):
+            for step in generate_tokens(
+                model, ids, max_chars, args.temperature, args.top_k, args.top_p,
+                use_kv_cache=not args.no_kv_cache, generator=generator,
+            ):  # fmt: skip
+                yield vocab[step.item()]
+
+    return write
+
+
+def converse(args: argparse.Namespace) -> None:
+    """python MODEL.py --chat NAME: the conversation, then its transcript (--output)."""
+    check_args(args)
+    check_chat(args)
+    if args.output is not None:
+        check_output_file(args)
+    model, vocab, device = load_model(args)
+    you, them = chat.speakers(args.chat, args.speak_as, vocab)
+    conversation = chat.Conversation(you, them, model.config.block_size)
+    terminal = sys.stdin.isatty()
+    session = chat.Chat(conversation, vocab, text_writer(args, model, vocab, device),
+                        args.num_tokens, echo=not (terminal and sys.stdout.isatty()))  # fmt: skip
+    if isinstance(sys.stdin, io.TextIOWrapper):  # undecodable bytes are named, not a traceback
+        sys.stdin.reconfigure(errors="surrogateescape")
+    chat.talk(session, text_writer(args, model, vocab, device), terminal)
+    if args.output is not None:
+        write_output(args.output, conversation.transcript().removesuffix("\n"), args.overwrite)
+
+
 def format_samples(samples: list[str]) -> str:
     return "\n".join(f"--- sample {i + 1} ---\n{s}" for i, s in enumerate(samples))
 
@@ -187,7 +252,9 @@ def format_samples(samples: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.interactive:
+        if args.chat is not None:
+            converse(args)
+        elif args.interactive:
             check_args(args)
             check_interactive(args)
             interactive(args, *load_model(args), checkpoint_to_load(args))

@@ -1,8 +1,9 @@
 """What the commands share on the command line: flags made from a config's fields, the range
-of a seed, and how much text one generation command may write."""
+of a seed, how much text one generation command may write, and reading a line typed or piped."""
 
 import argparse
 import dataclasses
+import sys
 
 from scratchgpt.files import UserError
 
@@ -35,3 +36,11 @@ def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
 def check_seed(seed: int) -> None:
     if not 0 <= seed <= MAX_SEED:
         raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
+
+
+def read_line(marker: str) -> str:
+    """The next line of input, without its newline; EOFError at the end of the input."""
+    if sys.stdout.isatty():
+        return input(marker)  # readline draws the marker itself, and redraws it as you edit
+    print(marker, end="", file=sys.stderr, flush=True)  # input() would write it to stdout
+    return input()

@@ -13,7 +13,7 @@ from torch import nn
 
 from bigram import default_prompt, generate_tokens
 from scratchgpt import hardware
-from scratchgpt.cli import MAX_CHARS, MAX_SEED
+from scratchgpt.cli import MAX_CHARS, MAX_SEED, read_line
 from scratchgpt.corpus import encode
 from scratchgpt.files import UserError
 
@@ -194,14 +194,6 @@ def run_line(session: Session, line: str) -> bool:
         prompt += "\n"
     continue_text(session, prompt)
     return True
-
-
-def read_line(marker: str) -> str:
-    """The next line of input, without its newline; EOFError at the end of the input."""
-    if sys.stdout.isatty():
-        return input(marker)  # readline draws the marker itself, and redraws it as you edit
-    print(marker, end="", file=sys.stderr, flush=True)  # input() would write it to stdout
-    return input()
 
 
 def interactive(args: argparse.Namespace, model: nn.Module, vocab: list[str], device, path) -> None:

@@ -27,14 +27,17 @@ def write_corpus(path: Path, n_chars: int = 20_000, seed: int = 0) -> Path:
     return path
 
 
-def make_checkout(folder: Path) -> Path:
+def make_checkout(folder: Path, shipped: bool = False) -> Path:
     """A copy of the scripts alone, like a fresh clone: its data/ and checkpoints/ are empty, so
-    runs that use the default paths touch neither this repository's files nor each other's."""
+    runs that use the default paths touch neither this repository's files nor each other's. With
+    shipped, it holds the shipped model (pretrained/) too."""
     folder.mkdir(parents=True, exist_ok=True)
     for script in ("bigram.py", "MODEL.py"):
         shutil.copy(REPO / script, folder / script)
     no_cache = shutil.ignore_patterns("__pycache__")
     shutil.copytree(REPO / "scratchgpt", folder / "scratchgpt", ignore=no_cache, dirs_exist_ok=True)
+    if shipped:
+        shutil.copytree(REPO / "pretrained", folder / "pretrained", dirs_exist_ok=True)
     return folder
 
 

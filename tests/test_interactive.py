@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from support import REPO, TINY_RUN, main_error, write_corpus
+from support import REPO, main_error
 
-import bigram
 import MODEL
 from scratchgpt import interactive
 from scratchgpt.cli import MAX_CHARS
@@ -16,26 +15,14 @@ from scratchgpt.cli import MAX_CHARS
 SETTINGS = "temp 1.0, top-k off, top-p off, chars 10, seed 1337, keep off"  # from the flags below
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    corpus = write_corpus(folder / "corpus.txt")
-    out = folder / "model.pt"
-    # Enough training for its context to matter (val loss 0.9, below the corpus's bigram entropy).
-    flags = ["--max-iters", "60", "--eval-interval", "60", "--lr", "3e-2", "--warmup-iters", "2"]
-    flags += TINY_RUN
-    assert bigram.main(["--data", str(corpus), "--out", str(out), *flags]) == 0
-    return out
+def command(play_model, *flags: str) -> list[str]:
+    return [sys.executable, str(REPO / "MODEL.py"), "--checkpoint", str(play_model), "-i", *flags]
 
 
-def command(checkpoint, *flags: str) -> list[str]:
-    return [sys.executable, str(REPO / "MODEL.py"), "--checkpoint", str(checkpoint), "-i", *flags]
-
-
-def session(checkpoint, typed: str, *flags: str) -> subprocess.CompletedProcess:
+def session(play_model, typed: str, *flags: str) -> subprocess.CompletedProcess:
     """Run a session on the typed text; it must end with status 0 when its input ends."""
     result = subprocess.run(
-        command(checkpoint, "--num-tokens", "10", *flags),
+        command(play_model, "--num-tokens", "10", *flags),
         input=typed, capture_output=True, encoding="utf-8", timeout=300,
         env={**os.environ, "PYTHONIOENCODING": "utf-8"},
     )  # fmt: skip
@@ -57,48 +44,48 @@ def turns(stdout: str, *lengths: int) -> list[str]:
     return parts
 
 
-def continuation(checkpoint, capsys, prompt: str, *flags: str) -> str:
+def continuation(play_model, capsys, prompt: str, *flags: str) -> str:
     """What MODEL.py without --interactive writes after prompt (and before its last newline)."""
-    argv = ["--checkpoint", str(checkpoint), "--prompt", prompt, "--num-tokens", "10", *flags]
+    argv = ["--checkpoint", str(play_model), "--prompt", prompt, "--num-tokens", "10", *flags]
     assert MODEL.main(argv) == 0
     text = capsys.readouterr().out
     assert text.startswith(prompt) and text.endswith("\n")
     return text[len(prompt) : -1]
 
 
-def test_each_line_is_continued_by_the_characters_asked_for_until_the_input_ends(checkpoint):
-    result = session(checkpoint, "KING:\n:chars 5\nQUEEN:")  # no newline at the very end
+def test_each_line_is_continued_by_the_characters_asked_for_until_the_input_ends(play_model):
+    result = session(play_model, "KING:\n:chars 5\nQUEEN:")  # no newline at the very end
     assert [len(part) for part in turns(result.stdout, 10, 5)] == [10, 5]
     assert result.stderr.splitlines() == [SETTINGS.replace("chars 10", "chars 5")]  # no banner
 
 
 def test_a_line_is_the_prompt_model_py_gets_with_its_newline_or_without_after_a_backslash(
-    checkpoint, capsys
+    play_model, capsys
 ):
-    result = session(checkpoint, ":temp 0\nKING:\nQUEEN:\nKIN\\\n")
+    result = session(play_model, ":temp 0\nKING:\nQUEEN:\nKIN\\\n")
     prompts = ["KING:\n", "QUEEN:\n", "KIN"]
-    expected = [continuation(checkpoint, capsys, p, "--temperature", "0") for p in prompts]
+    expected = [continuation(play_model, capsys, p, "--temperature", "0") for p in prompts]
     assert turns(result.stdout, 10, 10, 10) == expected
 
 
-def test_a_seed_makes_a_continuation_reproducible(checkpoint, capsys):
-    result = session(checkpoint, "KING:\n:seed 5\nKING:\n:seed 6\nKING:\n", "--seed", "5")
+def test_a_seed_makes_a_continuation_reproducible(play_model, capsys):
+    result = session(play_model, "KING:\n:seed 5\nKING:\n:seed 6\nKING:\n", "--seed", "5")
     first, again, other = turns(result.stdout, 10, 10, 10)
-    assert first == again == continuation(checkpoint, capsys, "KING:\n", "--seed", "5")
+    assert first == again == continuation(play_model, capsys, "KING:\n", "--seed", "5")
     assert other != first
 
 
-def test_keep_on_continues_from_the_text_so_far_and_clear_forgets_it(checkpoint, capsys):
+def test_keep_on_continues_from_the_text_so_far_and_clear_forgets_it(play_model, capsys):
     typed = ":keep on\nKING:\n:seed 2\n\n:seed 3\nQUEEN:\n:clear\n:seed 2\n\n"
-    result = session(checkpoint, typed, "--seed", "1")
+    result = session(play_model, typed, "--seed", "1")
     king, more, queen, afresh = turns(result.stdout, 10, 10, 10, 10)
-    assert king == continuation(checkpoint, capsys, "KING:\n", "--seed", "1")
+    assert king == continuation(play_model, capsys, "KING:\n", "--seed", "1")
     # An empty line goes on where the text stopped; a prompt starts a line of its own.
     text = "KING:\n" + king
-    assert more == continuation(checkpoint, capsys, text, "--seed", "2")
+    assert more == continuation(play_model, capsys, text, "--seed", "2")
     text += more if more.endswith("\n") else more + "\n"
-    assert queen == continuation(checkpoint, capsys, text + "QUEEN:\n", "--seed", "3")
-    assert afresh == continuation(checkpoint, capsys, "\n", "--seed", "2") != more
+    assert queen == continuation(play_model, capsys, text + "QUEEN:\n", "--seed", "3")
+    assert afresh == continuation(play_model, capsys, "\n", "--seed", "2") != more
 
 
 def test_a_prompt_after_the_text_so_far_starts_a_line_of_its_own():
@@ -110,18 +97,18 @@ def test_a_prompt_after_the_text_so_far_starts_a_line_of_its_own():
     assert interactive.model_input("ab", "KING:", sorted(set("KING:ab"))) == "abKING:"  # no \n
 
 
-def test_unknown_characters_are_named_and_the_session_goes_on(checkpoint):
-    result = session(checkpoint, "KING 日本\nKING:\n")
+def test_unknown_characters_are_named_and_the_session_goes_on(play_model):
+    result = session(play_model, "KING 日本\nKING:\n")
     assert result.stderr.splitlines() == [
         "error: prompt: characters not in the vocabulary: '日', '本'"
     ]
     assert len(turns(result.stdout, 10)[0]) == 10
 
 
-def test_bad_commands_say_what_is_wrong_in_one_line_and_change_nothing(checkpoint):
+def test_bad_commands_say_what_is_wrong_in_one_line_and_change_nothing(play_model):
     bad = [":temp -1", ":temp nan", ":top-k 0", ":top-p 0", ":chars x", ":seed -1", ":keep"]
     bad += [":tmep 0.5", ":chars 99999999999999999999"]
-    result = session(checkpoint, "\n".join([*bad, ":settings", "KING:"]))
+    result = session(play_model, "\n".join([*bad, ":settings", "KING:"]))
     *errors, settings = result.stderr.splitlines()
     assert len(errors) == len(bad) and settings == SETTINGS
     for line, typed in zip(errors, bad, strict=True):
@@ -129,16 +116,16 @@ def test_bad_commands_say_what_is_wrong_in_one_line_and_change_nothing(checkpoin
     assert len(turns(result.stdout, 10)[0]) == 10
 
 
-def test_help_names_every_command_and_quit_leaves_at_once(checkpoint):
-    result = session(checkpoint, ":help\n:quit\nKING:\n")
+def test_help_names_every_command_and_quit_leaves_at_once(play_model):
+    result = session(play_model, ":help\n:quit\nKING:\n")
     for name in [*interactive.SETTINGS, "clear", "settings", "help", "quit"]:
         assert f"\n  :{name} " in result.stderr, name
     assert result.stdout == ""
 
 
-def test_ctrl_c_stops_a_continuation_and_at_the_prompt_ends_the_session(checkpoint):
+def test_ctrl_c_stops_a_continuation_and_at_the_prompt_ends_the_session(play_model):
     child = subprocess.Popen(
-        command(checkpoint, "--num-tokens", str(MAX_CHARS)), stdin=subprocess.PIPE,
+        command(play_model, "--num-tokens", str(MAX_CHARS)), stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8",
     )  # fmt: skip
     try:
@@ -162,6 +149,6 @@ def test_ctrl_c_stops_a_continuation_and_at_the_prompt_ends_the_session(checkpoi
     "flags", [["--num-samples", "2"], ["--prompt", "KING"], ["--prompt-file", "p.txt"],
               ["--output", "out.txt"], ["--no-stream"]],
 )  # fmt: skip
-def test_flags_that_do_not_apply_to_a_session_are_refused(checkpoint, capsys, flags):
-    message = main_error(MODEL.main, ["--checkpoint", str(checkpoint), "-i", *flags], capsys)
+def test_flags_that_do_not_apply_to_a_session_are_refused(play_model, capsys, flags):
+    message = main_error(MODEL.main, ["--checkpoint", str(play_model), "-i", *flags], capsys)
     assert f"{flags[0]} cannot be used with it" in message
