@@ -1,8 +1,13 @@
 """MODEL.py --chat: a conversation in the corpus's turns, on a tiny model of a made-up play."""
 
 import io
+import os
+import pty
+import select
+import subprocess
+import sys
 
-from support import TINY_RUN, main_error
+from support import REPO, TINY_RUN, main_error
 
 import bigram
 import MODEL
@@ -164,3 +169,42 @@ def test_a_model_without_speaker_turns_is_said_to_have_none(monkeypatch, capsys,
     argv = ["--checkpoint", str(out), "--chat", "king", "--as", "fool", "--num-tokens", "20"]
     assert MODEL.main(argv) == 0
     assert "wrote no speaker's turn" in capsys.readouterr().err
+
+
+def read_until(fd: int, text: str, screen: str = "") -> str:
+    """What a program writes to a pseudo-terminal (line ends as "\n"), read until the screen
+    holds text one more time than it did, or the program closes the terminal."""
+    wanted = screen.count(text) + 1
+    while screen.count(text) < wanted:
+        if not select.select([fd], [], [], 300)[0]:
+            raise TimeoutError(f"no {text!r} in {screen!r}")
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the program ended and the terminal closed
+            break
+        screen += chunk.decode("utf-8", "replace").replace("\r\n", "\n")
+    return screen
+
+
+def test_on_a_terminal_a_banner_and_your_name_prompt_you_and_your_lines_are_not_repeated(
+    play_model,
+):
+    controller, terminal = pty.openpty()
+    argv = [sys.executable, str(REPO / "MODEL.py"), "--checkpoint", str(play_model)]
+    process = subprocess.Popen(
+        [*argv, "--chat", "KING", "--as", "QUEEN"],
+        stdin=terminal, stdout=terminal, stderr=terminal,
+        env={**os.environ, "TERM": "dumb"},  # no escape codes from readline (bracketed paste)
+    )  # fmt: skip
+    os.close(terminal)
+    screen = read_until(controller, "\nQUEEN: ")  # the banner's line, then the prompt
+    os.write(controller, b"thou art my lord.\n")
+    screen = read_until(controller, "\nQUEEN: ", screen)  # after the reply
+    os.write(controller, b":quit\n")
+    screen = read_until(controller, "\0", screen)  # never written: to the end
+    assert process.wait(timeout=300) == 0, screen
+    os.close(controller)
+    assert "talking with KING as QUEEN: type a line to say it, :help for help" in screen
+    assert "QUEEN: thou art my lord.\n" in screen  # the prompt, then your line as you typed it
+    assert "\nKING:\n" in screen
+    assert "QUEEN:\n" not in screen  # your turn is not written out again, as it is to a pipe
