@@ -6,6 +6,9 @@
     python MODEL.py --dataset reddit                  # the Reddit model
     python MODEL.py -i                                # type prompts, one continuation each
 
+Without --checkpoint it reads your own checkpoints/<dataset>.pt, or for Shakespeare, until you
+train one, the model shipped in pretrained/.
+
 The model and the sampler come from bigram.py: one definition of each.
 """
 
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 from bigram import default_prompt, generate_tokens, model_from_checkpoint
-from scratchgpt import chat, checkpoint, files, hardware
+from scratchgpt import chat, checkpoint, files, hardware, shipped
 from scratchgpt.cli import MAX_CHARS, check_seed
 from scratchgpt.corpus import DATASET_FILES, decode, encode, normalize_newlines, read_text
 from scratchgpt.files import UserError
@@ -32,7 +35,8 @@ from scratchgpt.interactive import check_interactive, interactive
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate text with a trained ScratchGPT model.")
-    p.add_argument("--checkpoint", type=Path, help="default: checkpoints/<dataset>.pt")
+    p.add_argument("--checkpoint", type=Path,
+                   help="default: checkpoints/<dataset>.pt, else the shipped model")  # fmt: skip
     p.add_argument("--dataset", choices=DATASET_FILES, default="shakespeare")
     p.add_argument("--num-tokens", type=int, help="characters to generate (default 4000; --chat: "
                    f"the most a reply writes, default {chat.REPLY_CAP})")  # fmt: skip
@@ -82,7 +86,13 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def checkpoint_to_load(args: argparse.Namespace) -> Path:
-    return args.checkpoint or checkpoint.default_path(args.dataset)
+    """--checkpoint; else your own model of the dataset, or the shipped one until you train it."""
+    if args.checkpoint:
+        return args.checkpoint
+    own = checkpoint.default_path(args.dataset)
+    if args.dataset == "shakespeare" and files.unreadable_reason(own) == "not found":
+        return shipped.MODEL_PATH
+    return own
 
 
 def check_output_file(args: argparse.Namespace) -> None:
@@ -121,6 +131,9 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.de
         raise UserError(f"checkpoint {path} not found; train one first with: {train}")
     saved = checkpoint.load_checkpoint(path, device)
     model = model_from_checkpoint(saved, device, path).eval()
+    if not args.checkpoint:  # say which of the two defaults it is
+        whose = "shipped with ScratchGPT" if path == shipped.MODEL_PATH else "your own"
+        print(f"model: {path} ({whose}; --checkpoint picks another)", file=sys.stderr)
     if device.type == "cpu":
         step_time = partial(seconds_per_step, batch_size=args.num_samples)
         model = hardware.generation_weights(model, args.weights, step_time)

@@ -5,6 +5,7 @@
   step that checks that the name is free (replace=False), so two writers never both succeed.
 - A path it writes is checked before any work starts: its folder exists (or can be made) and
   can be written, and it is none of the run's inputs (check_output).
+- The model shipped with ScratchGPT (pretrained/) is read by every command and written by none.
 - Two runs never write the same checkpoint: the first holds a lock (exclusive_lock) that the
   operating system releases when the process ends, even when it is killed.
 - Temporary files that a killed run left behind are removed by the next run on the same path.
@@ -34,6 +35,18 @@ except ImportError:  # Windows
 
 class UserError(Exception):
     """A problem with the user's input or environment: shown as one line, never a traceback."""
+
+
+# The folder of the model shipped with the repository: no command writes into it.
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+
+
+def is_shipped(path: Path) -> bool:
+    """True when path is in the shipped model's folder (through links too)."""
+    try:
+        return path.resolve().is_relative_to(SHIPPED_DIR.resolve())
+    except (OSError, RuntimeError):  # a name too long, a symbolic link loop: not in the folder
+        return False
 
 
 def current_umask() -> int:
@@ -148,6 +161,11 @@ def check_writable(path: Path, what: str, named_by_user: bool = True) -> None:
     """path's folder exists (or is made) and a file with path's name (plus atomic_file's suffix)
     can be created there. A path the program derived from another (named_by_user False) gets
     no advice on what to type instead."""
+    if is_shipped(path):
+        raise UserError(
+            f"{what} {path} is in {SHIPPED_DIR}, the model shipped with ScratchGPT, which no "
+            "command writes: give a path in checkpoints/ or elsewhere"
+        )
     if path.is_dir() and named_by_user:
         raise UserError(f"{what} {path} is a folder; give a file path such as {path / 'run.pt'}")
     if path.is_dir():

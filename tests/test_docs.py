@@ -16,6 +16,7 @@ PAGES = [
     REPO / "README.md",
     REPO / "CONTRIBUTING.md",
     REPO / "checkpoints" / "README.md",
+    REPO / "pretrained" / "README.md",
     *sorted((REPO / "docs").glob("*.md")),
 ]
 SCRIPTS = ("bigram.py", "MODEL.py", "bench.py")
@@ -28,7 +29,7 @@ REPO_FILE_SUFFIXES = {".py", ".md", ".ipynb", ".toml", ".png", ".sh"}
 REPO_FILE_NAMES = {"requirements.txt", "requirements-dev.txt", ".ci/run", ".gitignore"}
 PATH_LIKE = re.compile(r"[\w.-]+(/[\w.-]+)*")
 # The README's sections whose commands a newcomer runs first, in the order they run them.
-QUICK_START = ("## Train", "## Generate", "## Your own text")
+QUICK_START = ("## Write", "## Train", "## Your own text")
 TINY_TRAIN = [*TINY_RUN, "--max-iters", "20", "--eval-interval", "10"]
 DEFAULT_CHECKPOINT = "checkpoints/shakespeare.pt"
 
@@ -207,7 +208,7 @@ def test_readme_quick_start_runs_as_written(tmp_path):
         assert argv[0] == "python" and argv[1] in SCRIPTS, f"README.md:{n}: {argv}"
     assert {argv[1] for _, argv in commands} == {"bigram.py", "MODEL.py"}
 
-    checkout = make_checkout(tmp_path / "checkout")
+    checkout = make_checkout(tmp_path / "checkout", shipped=True)
     # The corpora the commands read, holding every character of the README's prompts.
     prompts = "".join(a[i + 1] for _, a in commands for i, x in enumerate(a) if x == "--prompt")
     corpora = ["data/input.txt"]
