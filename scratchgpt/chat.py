@@ -188,7 +188,6 @@ class Chat:
 
 def run_line(chat: Chat, line: str) -> bool:
     """Carry out one line of input, a command or a speech; False when it asks to leave."""
-    line = line.removesuffix("\r")  # a Windows line end, as a prompt file's is read
     if line.startswith(":") and not line.startswith("::"):
         command = line[1:].strip()
         if command == "quit":

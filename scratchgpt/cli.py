@@ -39,8 +39,11 @@ def check_seed(seed: int) -> None:
 
 
 def read_line(marker: str) -> str:
-    """The next line of input, without its newline; EOFError at the end of the input."""
+    """The next line of input, without its line end (a Windows one too, as a prompt file's is
+    read); EOFError at the end of the input."""
     if sys.stdout.isatty():
-        return input(marker)  # readline draws the marker itself, and redraws it as you edit
-    print(marker, end="", file=sys.stderr, flush=True)  # input() would write it to stdout
-    return input()
+        line = input(marker)  # readline draws the marker itself, and redraws it as you edit
+    else:
+        print(marker, end="", file=sys.stderr, flush=True)  # input() would write it to stdout
+        line = input()
+    return line.removesuffix("\r")

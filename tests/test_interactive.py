@@ -152,3 +152,9 @@ def test_ctrl_c_stops_a_continuation_and_at_the_prompt_ends_the_session(play_mod
 def test_flags_that_do_not_apply_to_a_session_are_refused(play_model, capsys, flags):
     message = main_error(MODEL.main, ["--checkpoint", str(play_model), "-i", *flags], capsys)
     assert f"{flags[0]} cannot be used with it" in message
+
+
+def test_windows_line_ends_are_read_as_line_ends(play_model):
+    result = session(play_model, ":chars 5\r\nKING:\r\n")
+    assert result.stderr.splitlines() == [SETTINGS.replace("chars 10", "chars 5")]
+    assert [len(part) for part in turns(result.stdout, 5)] == [5]
