@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 
 import torch
@@ -53,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="let --output replace a file")
     p.add_argument("--no-kv-cache", action="store_true", help="slow reference path")
     p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "fastest"], default="auto",
-                   help="CPU weights: auto is reproducible; fastest times both here")  # fmt: skip
+                   help="CPU weights: auto: timed once here; fastest: again")  # fmt: skip
     p.add_argument(
         "-i", "--interactive", action="store_true", help="continue prompts typed line by line"
     )
@@ -134,10 +133,20 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.de
     if not args.checkpoint:  # say which of the two defaults it is
         whose = "shipped with ScratchGPT" if path == shipped.MODEL_PATH else "your own"
         print(f"model: {path} ({whose}; --checkpoint picks another)", file=sys.stderr)
-    if device.type == "cpu":
-        step_time = partial(seconds_per_step, batch_size=args.num_samples)
-        model = hardware.generation_weights(model, args.weights, step_time)
     return model, saved["vocab"], device
+
+
+def fast_weights(args: argparse.Namespace, model: nn.Module, device: torch.device) -> nn.Module:
+    """The weights a CPU generates with (--weights), once the input has been checked: choosing
+    them may time both, and says so in one line."""
+    if device.type != "cpu":
+        return model
+    model, why = hardware.generation_weights(
+        model, args.weights, seconds_per_step, args.num_samples
+    )
+    if why:
+        print(why, file=sys.stderr)
+    return model
 
 
 def seconds_per_step(model: nn.Module, batch_size: int) -> float:
@@ -162,6 +171,7 @@ def generate(args: argparse.Namespace) -> None:
     except UserError as e:
         raise UserError(f"prompt: {e}") from None
     prompt_ids = prompt_ids.to(device).repeat(args.num_samples, 1)
+    model = fast_weights(args, model, device)
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
     dtype = hardware.generation_dtype(device)
@@ -247,6 +257,7 @@ def converse(args: argparse.Namespace) -> None:
         check_output_file(args)
     model, vocab, device = load_model(args)
     you, them = chat.speakers(args.chat, args.speak_as, vocab)
+    model = fast_weights(args, model, device)
     conversation = chat.Conversation(you, them, model.config.block_size)
     terminal = sys.stdin.isatty()
     session = chat.Chat(conversation, vocab, text_writer(args, model, vocab, device),
@@ -270,7 +281,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.interactive:
             check_args(args)
             check_interactive(args)
-            interactive(args, *load_model(args), checkpoint_to_load(args))
+            model, vocab, device = load_model(args)
+            model = fast_weights(args, model, device)
+            interactive(args, model, vocab, device, checkpoint_to_load(args))
         else:
             generate(args)
     except UserError as e:

@@ -7,10 +7,10 @@
 The file reads top to bottom: the model (GPTConfig, attention, MLP, blocks, the GPT), generation
 (sampling with a KV cache), then training (the presets, batches, evaluation, the learning-rate
 schedule, the optimizers, one step, the loop). What is not the model or its training lives in
-scratchgpt/: what runs natively on this hardware (hardware.py), the checkpoint format
-(checkpoint.py), the corpora (corpus.py, reddit.py), the record of a run (runlog.py), safe files
-(files.py), the command lines (cli.py, train_cli.py) and MODEL.py's interactive session
-(interactive.py). Importing this file has no side effects.
+scratchgpt/: what runs natively on this hardware (hardware.py) and what it does fastest, timed
+(machine.py), the checkpoint format (checkpoint.py), the corpora (corpus.py, reddit.py), the
+record of a run (runlog.py), safe files (files.py), the command lines (cli.py, train_cli.py) and
+MODEL.py's interactive session (interactive.py). Importing this file has no side effects.
 """
 
 import math
@@ -395,9 +395,9 @@ ARCHITECTURES = {
                    optimizer="muon", schedule="wsd"),
 }  # fmt: skip
 # `gpu` is the reference run: TrainConfig's defaults. The CPU presets train for ten minutes
-# (max_iters is a cap), each shape chosen by measurement for the best validation loss in that time:
-# `cpu` for CPUs with bf16 instructions, `cpu-float32` for the others (most laptops), which do less
-# arithmetic in that time and get a narrower, deeper model (docs/cpu-classes.md).
+# (max_iters is a cap); a new CPU run takes the one predicted to end lowest from its step times on
+# that machine (scratchgpt/machine.py): `cpu` where they are fast, the narrower, deeper
+# `cpu-float32` where they are slow (most laptops; docs/cpu-classes.md).
 # Their warm-down takes the last 65% of the run down to 1/20 of the peak learning rate: longer and
 # lower than the usual 45% and 1/10, it measured better in ten minutes (docs/results.md).
 CPU_TRAINING = dict(block_size=128, batch_size=32, dropout=0.1, max_minutes=10, eval_iters=20,

@@ -10,17 +10,18 @@ differs between a GPU, a CPU with bf16 instructions and a CPU without them (most
 
 A precision the hardware only emulates is many times slower than float32: a CPU without bf16
 instructions multiplies bf16 matrices in software. So every choice of precision asks
-native_bf16() first.
+native_bf16() first, which on a CPU is timed (machine.py), never read from the CPU's flags.
 """
 
 import copy
 import gc
+import hashlib
 import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -28,26 +29,16 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from scratchgpt import machine
 from scratchgpt.files import UserError
-
-# oneDNN's instruction sets (ONEDNN_MAX_CPU_ISA) that lack bf16 products, and PyTorch's own CPU
-# kernel levels (ATEN_CPU_CAPABILITY) that convert bf16 to float32 and back for every operation.
-# Setting either one restricts a bf16 CPU to what an AVX2 laptop has.
-ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI"}
-ATEN_LEVELS_WITHOUT_BF16 = {"default", "avx2"}
 
 
 def cpu_has_native_bf16() -> bool:
-    """True on CPUs with bf16 instructions (AVX512_BF16 or AMX) whose kernels may use them."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    if " avx512_bf16" not in cpuinfo and " amx_bf16" not in cpuinfo:
-        return False
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
-    aten = os.environ.get("ATEN_CPU_CAPABILITY", "").lower()
-    return onednn not in ONEDNN_ISAS_WITHOUT_BF16 and aten not in ATEN_LEVELS_WITHOUT_BF16
+    """True where this CPU multiplies bf16 matrices at least as fast as float32 ones, as timed
+    here once (machine.bf16_is_native): CPUs with bf16 instructions (AVX512_BF16, AMX) whose
+    kernels use them. Restricting the kernels (ONEDNN_MAX_CPU_ISA=AVX2, ATEN_CPU_CAPABILITY=avx2)
+    makes bf16 emulated, and so measured slow, as on an AVX2 laptop."""
+    return machine.bf16_is_native()
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -227,21 +218,34 @@ def cache_dtype(model: nn.Module) -> torch.dtype:
 
 
 def generation_weights(
-    model: nn.Module, choice: str, seconds_per_step: Callable[[nn.Module], float]
-) -> nn.Module:
-    """The weights a CPU generates with. "auto" is a fixed rule, so that a seed always writes the
-    same text on a machine: bf16 where the CPU has bf16 instructions, float32 elsewhere. Every
-    character reads every weight, and bf16 weights are half the bytes. "fastest" times both with
-    seconds_per_step, for a CPU where the rule guesses wrong (which wins depends on the cache and
-    the instructions, not on the CPU's name); a seed's text can then depend on the pick. Casting
-    once beats autocast casting the weights at every step."""
-    if choice == "bfloat16" or (choice == "auto" and cpu_has_native_bf16()):
-        return model.to(torch.bfloat16)
-    if choice == "fastest":
-        candidates = (model, copy.deepcopy(model).to(torch.bfloat16))
-        times = {m: min(seconds_per_step(m) for _ in range(2)) for m in candidates}
-        return min(times, key=times.get)
-    return model
+    model: nn.Module, choice: str, seconds_per_step: Callable[[nn.Module, int], float],
+    batch_size: int = 1,
+) -> tuple[nn.Module, str | None]:  # fmt: skip
+    """The weights a CPU generates with, and a line saying why when they were chosen here.
+
+    Every character reads every weight, and bf16 weights are half the bytes, but which is faster
+    depends on the CPU's instructions and cache. "auto" times float32 and bf16 weights once for
+    this model's shape and batch_size on this machine (seconds_per_step) and keeps the answer in
+    the machine's cache, so a seed writes the same text on every later run; "fastest" times them
+    again now.
+    Where bf16 is emulated, float32 is used untimed. Casting once beats autocast casting the
+    weights at every step."""
+    if choice == "bfloat16":
+        return model.to(torch.bfloat16), None
+    if choice == "float32" or not cpu_has_native_bf16():
+        return model, None
+    candidates = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
+    shapes = sorted((name, tuple(p.shape)) for name, p in model.named_parameters())
+    shape = hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]
+    name = f"generate step {shape}, batch {batch_size}"
+    steps = {dtype: partial(seconds_per_step, m, batch_size) for dtype, m in candidates.items()}
+    best, times, timed = machine.choose_fastest(name, steps, remeasure=choice == "fastest")
+    other = "float32" if best == "bfloat16" else "bfloat16"
+    how = "timed here" if timed else "timings cached"
+    line = (f"weights: {best}, {times[best] * 1000:.1f} ms a step against "
+            f"{times[other] * 1000:.1f} for {other} ({how} in {machine.cache_path()}; "
+            "--weights overrides)")  # fmt: skip
+    return candidates[best], line
 
 
 # -----------------------------------------------------------------------------

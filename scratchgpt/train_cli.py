@@ -3,6 +3,8 @@ continues (--resume) or starts from (--init-from), and the files it writes, all 
 training starts; then bigram.train(), with Ctrl-C turned into a request to stop."""
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import signal
@@ -10,20 +12,26 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import bigram
 from bigram import ARCHITECTURES, PRESETS, TrainConfig
-from scratchgpt import checkpoint, corpus, files, hardware, reddit, runlog
+from scratchgpt import checkpoint, corpus, files, hardware, machine, reddit, runlog
 from scratchgpt.cli import add_flags, check_seed, flag, flag_fields
 from scratchgpt.files import UserError
 
 # The settings a trained model fixes: --resume and --init-from refuse to change them.
 MODEL_SHAPE = ("model", *(f.name for f in fields(bigram.GPTConfig) if f.metadata.get("shape")))
 MAX_SAMPLE_CHARS = 100_000  # a sample at each evaluation: longer would cost more than training
+# What the shape table's runs fix (machine.py): a run given any of them trains its own shape.
+TABLE_RECIPE = ("model", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
+                "arch", *ARCHITECTURES["classic"])  # fmt: skip
+# What a training step's speed depends on: a cached step time is kept under a hash of these.
+STEP_SETTINGS = ("batch_size", "grad_accum", "optimizer", "dtype", "dropout", "compile")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -323,8 +331,9 @@ def prepare_corpus(
     return data
 
 
-def describe(run: bigram.Run, preset_picked: bool) -> str:
-    """What the run trains: preset, architecture, size, data, hardware, tokens per step."""
+def describe(run: bigram.Run, machine_line: str | None, preset_picked: bool) -> str:
+    """What the run trains: preset (or the machine's choice, with its figures), architecture,
+    size, data, hardware, tokens per step."""
     c, ddp = run.config, run.ddp
     train_tokens, val_tokens = (len(run.splits[s]) for s in ("train", "val"))
     lines = [
@@ -335,11 +344,79 @@ def describe(run: bigram.Run, preset_picked: bool) -> str:
         f"tokens per optimizer step: {run.tokens_per_step:,} = batch {c.batch_size} x block "
         f"{c.block_size} x grad-accum {c.grad_accum} x processes {ddp.world_size}",
     ]
-    if preset_picked:
+    if machine_line:
+        lines.insert(0, machine_line)
+    elif preset_picked:
         budget = f", {c.max_minutes:g} minutes" if c.max_minutes else ""
         lines.insert(0, f"preset: {c.preset}{budget} (picked for this {run.device.type}; "
                         "--preset overrides)")  # fmt: skip
     return "\n".join(lines)
+
+
+def machine_candidates(
+    args: argparse.Namespace, config: TrainConfig, device: torch.device, ddp: hardware.Distributed
+) -> list[TrainConfig]:  # fmt: skip
+    """The runs a new CPU run chooses among by timing (machine.choose_training): each CPU preset
+    of the shape table and each precision this CPU runs natively, less what the flags fix. Empty
+    when nothing is left to choose: on a GPU, under torchrun, for --resume or --init-from, or
+    without a time budget of a few minutes at least."""
+    fixed = device.type != "cpu" or ddp.world_size > 1 or args.resume or args.init_from
+    if fixed or args.preset or config.max_minutes * 60 < machine.MIN_BUDGET_S:
+        return []
+    own_shape = any(getattr(args, name) is not None for name in TABLE_RECIPE)
+    presets = [config.preset] if own_shape else list(machine.read_shape_table())
+    dtypes = [config.dtype]
+    if args.dtype is None:
+        dtypes = ["bfloat16", "float32"] if hardware.native_bf16(device) else ["float32"]
+    given = {name for name in vars(args) if getattr(args, name) is not None}
+    candidates = [
+        replace(
+            config, preset=p, dtype=d, **{k: v for k, v in PRESETS[p].items() if k not in given}
+        )
+        for p in presets
+        for d in dtypes
+    ]
+    return candidates if len(candidates) > 1 else []
+
+
+def step_timer(config: TrainConfig, data: corpus.Corpus, device: torch.device) -> Callable:
+    """One training step of config's model on the corpus, as train() takes it."""
+    config = replace(config, vocab_size=len(data.vocab))
+    model = bigram.MODEL_TYPES[config.model](bigram.GPTConfig(**bigram.model_settings(config)))
+    model = model.to(device)
+    optimizers = bigram.make_optimizers(model, config, device)
+    dtype = hardware.resolve_dtype(config.dtype, device)
+    scaler, tokens = bigram.make_scaler(device, dtype), np.asarray(data.tokens)
+    batches = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        micro = [bigram.get_batch(tokens, config, batches) for _ in range(config.grad_accum)]
+        bigram.train_step(model, optimizers, scaler, micro, config.grad_clip, device, dtype)
+
+    return step
+
+
+def step_name(config: TrainConfig) -> str:
+    """What a cached step time is kept under: the settings its speed depends on."""
+    settings = bigram.model_settings(config) | {k: asdict(config)[k] for k in STEP_SETTINGS}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    return f"train step {digest} ({config.preset}, {config.dtype})"
+
+
+def choose_for_machine(
+    candidates: list[TrainConfig], data: corpus.Corpus, device: torch.device
+) -> tuple[TrainConfig, machine.TrainingChoice]:
+    """The candidate predicted to end lowest in the time budget, from step times measured here
+    (or kept from an earlier run on this machine)."""
+    by_key = {(c.preset, c.dtype): c for c in candidates}
+    steps = {key: step_timer(c, data, device) for key, c in by_key.items()}
+    choice = machine.choose_training(
+        steps,
+        steps_cap={c.preset: c.max_iters for c in candidates},
+        budget_s=candidates[0].max_minutes * 60,
+        names={key: step_name(c) for key, c in by_key.items()},
+    )
+    return by_key[choice.preset, choice.dtype], choice
 
 
 def prepare_and_train(
@@ -350,10 +427,16 @@ def prepare_and_train(
     with hardware.rank_zero_first(ddp):
         config, resumed, source = prepare_settings(args, device, ddp)
         data = prepare_corpus(config, resumed or source, resumed is not None, say)
+    candidates, choice = machine_candidates(args, config, device, ddp), None
+    if candidates:
+        config, choice = choose_for_machine(candidates, data, device)
     run = bigram.start_run(config, data, device, ddp, resume=resumed, init_from=source)
     if ddp.is_main and resumed is not None:
         runlog.trim_log(runlog.log_path(config.out), run.step)
-    say(describe(run, preset_picked=not args.resume and not args.preset))
+    if choice is not None:
+        run.elapsed_before = choice.measured_for  # the budget includes the measurement
+    preset_picked = not args.resume and not args.preset
+    say(describe(run, choice.line() if choice else None, preset_picked))
     with stop_requests() as stop:
         try:
             return bigram.train(run, stop)

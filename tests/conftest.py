@@ -1,9 +1,26 @@
 """Fixtures shared by the test files."""
 
+import os
+
 import pytest
 from support import TINY_RUN, write_corpus
 
 import bigram
+
+
+@pytest.fixture(scope="session", autouse=True)
+def machine_cache(tmp_path_factory):
+    """The machine's measurements (scratchgpt/machine.py) go to a cache folder of the test
+    session's own, never the user's: set in the environment, so scripts run as subprocesses use
+    it too."""
+    folder = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 @pytest.fixture(scope="session")

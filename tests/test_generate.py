@@ -11,7 +11,7 @@ from support import REPO, TINY_RUN, assert_clean_error, main_error, run_script, 
 
 import bigram
 import MODEL
-from scratchgpt import hardware
+from scratchgpt import hardware, machine
 from scratchgpt.checkpoint import load_checkpoint
 
 
@@ -226,16 +226,51 @@ def test_one_sample_bf16_steps_change_the_distribution_by_rounding_only(checkpoi
     assert total_variation.max() < 0.02
 
 
+@pytest.fixture
+def bf16_cpu(tmp_path, monkeypatch):
+    """A CPU with native bf16 and a cache of this test's own."""
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(machine, "cache_path", lambda: tmp_path / "machine.json")
+
+
+def generated_in(faster: torch.dtype):
+    """A fake generation timer: a step with faster's weights takes half the time."""
+    return lambda m, batch: 1.0 if next(m.parameters()).dtype == faster else 2.0
+
+
 @pytest.mark.parametrize("faster", [torch.float32, torch.bfloat16])
-def test_weights_fastest_keeps_the_weights_that_generate_faster(checkpoint, faster):
+def test_default_weights_are_the_ones_that_generate_faster_here(checkpoint, bf16_cpu, faster):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    timed = lambda m: 1.0 if next(m.parameters()).dtype == faster else 2.0
-    assert next(hardware.generation_weights(model, "fastest", timed).parameters()).dtype == faster
+    picked, why = hardware.generation_weights(model, "auto", generated_in(faster))
+    assert next(picked.parameters()).dtype == faster
+    assert why.startswith(f"weights: {str(faster)[6:]}, 1000.0 ms a step against 2000.0")
 
 
-def test_default_weights_follow_a_fixed_rule_so_a_seed_writes_the_same_text(checkpoint):
+def test_the_timing_is_kept_so_a_seed_writes_the_same_text_on_every_run(checkpoint, bf16_cpu):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    never_timed = lambda m: pytest.fail("timed")
-    picked = hardware.generation_weights(copy.deepcopy(model), "auto", never_timed)
-    expected = torch.bfloat16 if hardware.cpu_has_native_bf16() else torch.float32
-    assert next(picked.parameters()).dtype == expected  # the same on every run
+    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
+    never_timed = lambda m, batch: pytest.fail("timed again")
+    picked, why = hardware.generation_weights(copy.deepcopy(model), "auto", never_timed)
+    assert next(picked.parameters()).dtype == torch.bfloat16 and "timings cached" in why
+
+
+def test_weights_fastest_times_them_again(checkpoint, bf16_cpu):
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
+    picked, _ = hardware.generation_weights(model, "fastest", generated_in(torch.float32))
+    assert next(picked.parameters()).dtype == torch.float32
+
+
+def test_each_batch_size_is_timed_on_its_own(checkpoint, bf16_cpu):
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16), 1)
+    picked, _ = hardware.generation_weights(model, "auto", generated_in(torch.float32), 32)
+    assert next(picked.parameters()).dtype == torch.float32
+
+
+def test_where_bf16_is_emulated_generation_keeps_float32_untimed(checkpoint, monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    never_timed = lambda m, batch: pytest.fail("timed")
+    picked, why = hardware.generation_weights(model, "auto", never_timed)
+    assert next(picked.parameters()).dtype == torch.float32 and why is None

@@ -15,8 +15,13 @@ from scratchgpt.cli import MAX_CHARS
 SETTINGS = "temp 1.0, top-k off, top-p off, chars 10, seed 1337, keep off"  # from the flags below
 
 
+# float32 weights: the same text on every machine, and no timing of the two kinds of weights
+WEIGHTS = ["--weights", "float32"]
+
+
 def command(play_model, *flags: str) -> list[str]:
-    return [sys.executable, str(REPO / "MODEL.py"), "--checkpoint", str(play_model), "-i", *flags]
+    model = ["--checkpoint", str(play_model), *WEIGHTS]
+    return [sys.executable, str(REPO / "MODEL.py"), *model, "-i", *flags]
 
 
 def session(play_model, typed: str, *flags: str) -> subprocess.CompletedProcess:
@@ -46,7 +51,8 @@ def turns(stdout: str, *lengths: int) -> list[str]:
 
 def continuation(play_model, capsys, prompt: str, *flags: str) -> str:
     """What MODEL.py without --interactive writes after prompt (and before its last newline)."""
-    argv = ["--checkpoint", str(play_model), "--prompt", prompt, "--num-tokens", "10", *flags]
+    argv = ["--checkpoint", str(play_model), *WEIGHTS, "--prompt", prompt, "--num-tokens", "10"]
+    argv += flags
     assert MODEL.main(argv) == 0
     text = capsys.readouterr().out
     assert text.startswith(prompt) and text.endswith("\n")

@@ -13,7 +13,7 @@ import torch
 from support import REPO, TINY_MODEL, TINY_RUN, main_error, write_corpus
 
 import bigram
-from scratchgpt import hardware, runlog, train_cli
+from scratchgpt import hardware, machine, runlog, train_cli
 from scratchgpt.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 
 
@@ -127,6 +127,86 @@ def test_a_cpu_trains_its_class_preset_for_ten_minutes(monkeypatch, native_bf16,
     config = train_cli.make_config(train_cli.parse_args([]), torch.device("cpu"), saved=None)
     assert config.preset == preset and config.max_minutes == 10
     assert config.n_embd == bigram.PRESETS[preset]["n_embd"]
+
+
+def candidates(flags: list[str], device: str = "cpu", native_bf16: bool = True, monkeypatch=None):
+    """The (preset, dtype) pairs a new run with these flags chooses among by timing."""
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
+    args = train_cli.parse_args(flags)
+    config = train_cli.make_config(args, torch.device(device), saved=None)
+    found = train_cli.machine_candidates(args, config, torch.device(device), hardware.Distributed())
+    return [(c.preset, c.dtype) for c in found]
+
+
+def test_a_new_cpu_run_times_each_shape_and_each_native_precision(monkeypatch):
+    everything = [(p, d) for p in ("cpu", "cpu-float32") for d in ("bfloat16", "float32")]
+    assert sorted(candidates([], monkeypatch=monkeypatch)) == everything
+    without_bf16 = candidates([], native_bf16=False, monkeypatch=monkeypatch)
+    assert sorted(without_bf16) == [("cpu", "float32"), ("cpu-float32", "float32")]
+
+
+@pytest.mark.parametrize(
+    "flags, left",
+    [
+        (["--dtype", "float32"], [("cpu", "float32"), ("cpu-float32", "float32")]),
+        (["--n-layer", "2"], [("cpu", "bfloat16"), ("cpu", "float32")]),  # its own shape
+        (["--arch", "classic"], [("cpu", "bfloat16"), ("cpu", "float32")]),  # another recipe
+        (["--n-layer", "2", "--dtype", "float32"], []),  # nothing left to choose
+        (["--preset", "cpu"], []),
+        (["--max-minutes", "1"], []),  # too short a budget to spend on timing
+        (["--max-minutes", "0"], []),  # no budget: the steps fix the run
+    ],
+)
+def test_flags_fix_what_the_machine_would_choose(monkeypatch, flags, left):
+    assert sorted(candidates(flags, monkeypatch=monkeypatch)) == left
+
+
+def test_a_gpu_run_is_never_timed(monkeypatch):
+    assert candidates([], device="cuda", monkeypatch=monkeypatch) == []
+
+
+def test_the_candidates_keep_every_other_flag_given(monkeypatch):
+    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    args = train_cli.parse_args(["--dropout", "0.3", "--max-iters", "7"])
+    config = train_cli.make_config(args, torch.device("cpu"), saved=None)
+    found = train_cli.machine_candidates(args, config, torch.device("cpu"), hardware.Distributed())
+    assert {(c.dropout, c.max_iters) for c in found} == {(0.3, 7)}
+    assert {c.n_embd for c in found} == {256, 128}  # the two presets' shapes
+
+
+def fake_timings(monkeypatch, calls: list) -> None:
+    """Step times of a slow machine: the smaller shape runs 2.3 times the steps in float32."""
+    seconds = {"cpu": 0.75, "cpu-float32": 0.33}
+
+    def turns(steps, spend):
+        calls.append(sorted(steps))
+        return {(p, d): seconds[p] * (1.5 if d == "bfloat16" else 1.0) for p, d in steps}
+
+    monkeypatch.setattr(machine, "time_in_turns", turns)
+
+
+def test_a_first_run_chooses_by_timing_and_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(machine, "cache_path", lambda: tmp_path / "cache" / "machine.json")
+    table = {
+        "cpu": [(800.0, 1.50), (2000.0, 1.46)],
+        "cpu-float32": [(1400.0, 1.52), (4400.0, 1.47)],
+    }
+    monkeypatch.setattr(machine, "read_shape_table", lambda: table)  # any table, fixed here
+    calls = []
+    fake_timings(monkeypatch, calls)
+    write_corpus(tmp_path / "corpus.txt")
+    argv = ["--data", str(tmp_path / "corpus.txt"), "--out", str(tmp_path / "run.pt")]
+    argv += ["--max-iters", "2", "--eval-iters", "1", "--sample-chars", "0"]
+    assert bigram.main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    # --max-iters 2 caps both shapes at 2 steps: the larger one, in its faster precision
+    assert first.startswith("machine: cpu in float32, predicted the best in 10 minutes (")
+    assert "cpu-float32 float32 3.03 steps/s" in first and "timed here" in first
+    config = load_checkpoint(tmp_path / "run.pt")["config"]
+    assert (config["preset"], config["dtype"], config["n_embd"]) == ("cpu", "float32", 256)
+    assert bigram.main([*argv[:3], str(tmp_path / "again.pt"), *argv[4:]]) == 0
+    assert "timings cached" in capsys.readouterr().out.splitlines()[0]
+    assert len(calls) == 1  # the second run timed nothing
 
 
 def test_a_gpu_trains_the_reference_run_by_steps():

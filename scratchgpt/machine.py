@@ -1,0 +1,301 @@
+"""What this machine does fastest, timed here rather than read from its CPU's flags.
+
+- bf16_is_native: whether bf16 matrix products beat float32 ones (bf16 that is only emulated is
+  many times slower);
+- choose_training: the model shape (a CPU preset) and precision predicted to reach the lowest
+  validation loss in a run's time budget, from the step times measured here and a committed table
+  of loss against steps for each shape (shape_losses.json);
+- choose_fastest: the faster of two ways to run one step (generation's weights).
+
+Each measurement is made once and kept in a small JSON file in the user's cache folder
+(cache_path), under a key naming the CPU, torch's version, the thread count, the kernel
+restrictions (ONEDNN_MAX_CPU_ISA, ATEN_CPU_CAPABILITY) and this code's version: another machine,
+torch or code measures again. A missing, stale, damaged or unwritable cache only means measuring
+again, never an error.
+"""
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_FILES = ("bigram.py", "scratchgpt/hardware.py", "scratchgpt/machine.py")  # what is timed
+SHAPE_TABLE = Path(__file__).with_name("shape_losses.json")
+SAME_LENGTH = 1.15  # runs of the table within 15% of each other in steps are one point
+CACHE_MAX_BYTES = 1 << 20  # the cache holds a few figures: anything bigger is not ours
+MEASURE_SECONDS = 12.0  # a first run times its training candidates for about this long,
+MEASURE_SHARE = 0.02  # and at most this share of its time budget
+MIN_BUDGET_S = 120.0  # a shorter budget trains what the presets' rule gives, untimed
+MAX_ROUNDS = 8  # enough for the best of several, where steps are quick
+PROBE_SIZE = 512  # a matrix product big enough to reach the kernels' speed, small enough to
+# take under a second even where bf16 is emulated (about 1 GFLOP/s there)
+
+
+def cache_path() -> Path:
+    """$XDG_CACHE_HOME/scratchgpt/machine.json, by default ~/.cache/scratchgpt/machine.json."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "scratchgpt" / "machine.json"
+
+
+def cpu_id() -> str:
+    """The CPU's name, family, model and stepping, and a hash of its flags: 'AMD EPYC' alone
+    names several generations."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(errors="replace").splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    wanted = ("model name", "cpu family", "model", "stepping", "flags")
+    info = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name.strip() in wanted:
+            info.setdefault(name.strip(), value.strip())
+    flags = hashlib.sha256(info.pop("flags", "").encode()).hexdigest()[:8]
+    return " / ".join([*info.values(), f"flags {flags}"])
+
+
+def code_version() -> str:
+    digest = hashlib.sha256()
+    for name in CODE_FILES:
+        try:
+            digest.update((REPO / name).read_bytes())
+        except OSError:
+            digest.update(name.encode())
+    return digest.hexdigest()[:12]
+
+
+def machine_key() -> dict:
+    """What the measurements depend on: when any of it changes they are made again."""
+    return {
+        "cpu": cpu_id(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA", ""),
+        "ATEN_CPU_CAPABILITY": os.environ.get("ATEN_CPU_CAPABILITY", ""),
+        "code": code_version(),
+    }
+
+
+def read_cache() -> dict:
+    """The measurements kept for this machine's key; {} when there are none to trust."""
+    path = cache_path()
+    try:
+        if path.stat().st_size > CACHE_MAX_BYTES:
+            return {}
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, unreadable, not JSON, not UTF-8
+        return {}
+    if not isinstance(saved, dict) or saved.get("key") != machine_key():
+        return {}
+    found = saved.get("measured")
+    return found if isinstance(found, dict) else {}
+
+
+def remember(name: str, value: object) -> Path | None:
+    """Keep one measurement; returns the cache's path, or None when it cannot be written (the
+    measurement is then made again next time)."""
+    path = cache_path()
+    measured = read_cache() | {name: value}
+    text = json.dumps({"key": machine_key(), "measured": measured}, indent=1)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)  # whole or not at all: two processes never mix their writes
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:  # no folder to write in: nothing was left
+            pass
+        return None
+    return path
+
+
+def cached_number(name: str) -> float | None:
+    value = read_cache().get(name)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if ok and math.isfinite(value) and value > 0 else None
+
+
+# -----------------------------------------------------------------------------
+# bf16: native or emulated
+
+
+def matmul_rate(dtype: torch.dtype, n: int = PROBE_SIZE, repeats: int = 3) -> float:
+    """GFLOP/s of an n x n x n matrix product in dtype on the CPU, the best of repeats."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b  # the first call allocates and picks its kernel
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / max(best, 1e-9) / 1e9
+
+
+def bf16_is_native(rate: Callable[[torch.dtype], float] = matmul_rate) -> bool:
+    """Whether this CPU multiplies bf16 matrices at least as fast as float32 ones: true where it
+    has bf16 instructions its kernels use, false where bf16 is converted in software."""
+    rates = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        name = f"matmul GFLOP/s {str(dtype).removeprefix('torch.')}"
+        rates[dtype] = cached_number(name)
+        if rates[dtype] is None:
+            rates[dtype] = rate(dtype)
+            remember(name, rates[dtype])
+    return rates[torch.bfloat16] >= rates[torch.float32]
+
+
+# -----------------------------------------------------------------------------
+# Timing candidates
+
+
+def best_in_turns(
+    measures: dict[Hashable, Callable[[], float]], seconds: float = MEASURE_SECONDS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[Hashable, float]:  # fmt: skip
+    """Each candidate's best measurement (in seconds). The candidates are measured in turns, so
+    that a change in the machine's load slows each alike, and the best of several is the least
+    disturbed: one warm-up each (first calls allocate), then rounds until seconds are spent: at
+    least one, at most MAX_ROUNDS."""
+    start = clock()
+    for measure in measures.values():
+        measure()
+    best = dict.fromkeys(measures, math.inf)
+    rounds = 0
+    while rounds < 1 or (rounds < MAX_ROUNDS and clock() - start < seconds):
+        for name, measure in measures.items():
+            best[name] = min(best[name], measure())
+        rounds += 1
+    return best
+
+
+def time_in_turns(
+    steps: dict[Hashable, Callable[[], object]], seconds: float = MEASURE_SECONDS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[Hashable, float]:  # fmt: skip
+    """Each step's best time, the steps called in turns (best_in_turns)."""
+
+    def timed(step: Callable[[], object]) -> float:
+        begin = clock()
+        step()
+        return clock() - begin
+
+    measures = {name: partial(timed, step) for name, step in steps.items()}
+    return best_in_turns(measures, seconds, clock)
+
+
+def choose_fastest(
+    name: str, measures: dict[str, Callable[[], float]], remeasure: bool = False,
+    seconds: float = 1.0,
+) -> tuple[str, dict[str, float], bool]:  # fmt: skip
+    """The candidate whose measure (seconds a step) is lowest here, measured once and cached
+    under name (remeasure: measured again now). Returns it, the seconds of each, and whether they
+    were measured now."""
+    kept = read_cache().get(name)
+    valid = isinstance(kept, dict) and set(kept) == set(measures)
+    valid = valid and all(isinstance(v, (int, float)) and v > 0 for v in kept.values())
+    if valid and not remeasure:
+        return min(kept, key=kept.get), kept, False
+    times = best_in_turns(measures, seconds)
+    remember(name, times)
+    return min(times, key=times.get), times, True
+
+
+# -----------------------------------------------------------------------------
+# The shape and precision for a time budget
+
+
+def read_shape_table(path: Path = SHAPE_TABLE) -> dict[str, list[tuple[float, float]]]:
+    """For each preset, (steps, exhaustive val loss) of complete runs of the CPU recipe, sorted
+    by steps. Runs within SAME_LENGTH of each other count as one point, their mean: between two
+    such runs, the loss differs by seed and load, not by length."""
+    runs: dict[str, list[tuple[int, float]]] = {}
+    for row in json.loads(path.read_text(encoding="utf-8"))["runs"]:
+        runs.setdefault(row["preset"], []).append((row["steps"], row["loss"]))
+    table = {}
+    for preset, rows in runs.items():
+        groups: list[list[tuple[int, float]]] = []
+        for steps, loss in sorted(rows):
+            if groups and steps <= SAME_LENGTH * groups[-1][0][0]:
+                groups[-1].append((steps, loss))
+            else:
+                groups.append([(steps, loss)])
+        table[preset] = [
+            (math.prod(s for s, _ in g) ** (1 / len(g)), sum(x for _, x in g) / len(g))
+            for g in groups
+        ]
+    return table
+
+
+def predicted_loss(points: list[tuple[float, float]], steps: float) -> float:
+    """The loss after a complete run of steps, interpolated linearly in log(steps) between the
+    table's runs; beyond them, the nearest two's slope, never rising with more steps."""
+    if len(points) == 1:
+        return points[0][1]
+    i = next((i for i, (s, _) in enumerate(points) if s >= steps), len(points))
+    (s0, l0), (s1, l1) = points[min(max(i - 1, 0), len(points) - 2) :][:2]
+    slope = min((l1 - l0) / math.log(s1 / s0), 0.0)
+    return l0 + slope * math.log(max(steps, 1) / s0)
+
+
+@dataclass(frozen=True)
+class TrainingChoice:
+    """What a run trains on this machine, with the figures it was chosen on."""
+
+    preset: str
+    dtype: str
+    seconds_per_step: dict[tuple[str, str], float]
+    predicted: dict[tuple[str, str], float]  # validation loss at the end of the budget
+    budget_s: float
+    measured_for: float  # seconds spent timing now; 0 when the timings were cached
+    cache: Path | None  # where the timings are kept (None: the cache cannot be written)
+
+    def line(self) -> str:
+        """One line: the choice, then every candidate's steps/s and predicted loss."""
+        figures = ", ".join(
+            f"{p} {d} {1 / s:.2f} steps/s -> {self.predicted[p, d]:.3f}"
+            for (p, d), s in self.seconds_per_step.items()
+        )
+        how = f"timed here in {self.measured_for:.0f} s" if self.measured_for else "timings cached"
+        where = f" in {self.cache}" if self.cache else ""
+        return (f"machine: {self.preset} in {self.dtype}, predicted the best in "
+                f"{self.budget_s / 60:g} minutes "
+                f"({figures}; {how}{where}; --preset and --dtype override)")  # fmt: skip
+
+
+def choose_training(
+    candidates: dict[tuple[str, str], Callable[[], object]], steps_cap: dict[str, int],
+    budget_s: float, names: dict[tuple[str, str], str],
+    table: dict[str, list[tuple[float, float]]] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> TrainingChoice:  # fmt: skip
+    """The (preset, dtype) candidate predicted to end lowest after budget_s seconds of its
+    training steps (at most steps_cap[preset] of them). Each candidate's step is timed here once
+    and cached under names[candidate], a description of what it trains."""
+    table = read_shape_table() if table is None else table
+    cached = {c: cached_number(names[c]) for c in candidates}
+    missing = {c: step for c, step in candidates.items() if cached[c] is None}
+    start = clock()
+    seconds_to_spend = min(MEASURE_SECONDS, MEASURE_SHARE * budget_s)
+    timed = time_in_turns(missing, seconds_to_spend) if missing else {}
+    measured_for = clock() - start if missing else 0.0
+    path = cache_path()
+    for c, seconds in timed.items():
+        path = remember(names[c], seconds)
+    seconds = {c: cached[c] or timed[c] for c in candidates}
+    predicted = {
+        (p, d): predicted_loss(table[p], min(steps_cap[p], (budget_s - measured_for) / s))
+        for (p, d), s in seconds.items()
+    }
+    preset, dtype = min(predicted, key=lambda c: (predicted[c], seconds[c]))  # a tie: the faster
+    return TrainingChoice(preset, dtype, seconds, predicted, budget_s, measured_for, path)

@@ -1,0 +1,246 @@
+"""machine.py: choices timed on the machine they run on, and the cache that keeps the timings.
+
+The classes this project runs on are simulated by fake timings (a CPU where bf16 is emulated and
+slow, one where it is fast, a slow laptop and a fast workstation), so that every class's choice is
+tested on every machine; one test restricts the real kernels to AVX2, as an AVX2 laptop has them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from support import REPO
+
+from scratchgpt import machine
+
+# A made-up shape table: the larger model ends lower after the same number of steps, the smaller
+# one runs more steps in the same time.
+TABLE = {
+    "cpu": [(800.0, 1.50), (2000.0, 1.46)],
+    "cpu-float32": [(1400.0, 1.49), (1800.0, 1.475), (4400.0, 1.45)],
+}
+CAPS = {"cpu": 2300, "cpu-float32": 5000}
+CANDIDATES = [(p, d) for p in TABLE for d in ("bfloat16", "float32")]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty cache of this test's own."""
+    path = tmp_path / "cache" / "machine.json"
+    monkeypatch.setattr(machine, "cache_path", lambda: path)
+    return path
+
+
+def never_called():
+    pytest.fail("a cached timing was measured again")
+
+
+def choose(monkeypatch, seconds: dict, clock=None) -> machine.TrainingChoice:
+    """choose_training over a 600-second budget with made-up step times: each candidate's step
+    'takes' its seconds."""
+    monkeypatch.setattr(
+        machine, "time_in_turns", lambda steps, spend: {c: seconds[c] for c in steps}
+    )
+    steps = {c: (lambda: None) for c in seconds}
+    names = {c: f"step {c}" for c in seconds}
+    timing = {"clock": clock} if clock else {}
+    return machine.choose_training(steps, CAPS, 600.0, names, table=TABLE, **timing)
+
+
+# The cache
+
+
+def test_a_measurement_is_kept_for_the_next_run(cache):
+    assert machine.remember("matmul", 12.5) == cache
+    assert machine.read_cache() == {"matmul": 12.5}
+    assert machine.cached_number("matmul") == 12.5
+
+
+def test_another_machine_torch_or_code_version_measures_again(cache, monkeypatch):
+    machine.remember("matmul", 12.5)
+    key = machine.machine_key() | {"torch": "0.0"}
+    monkeypatch.setattr(machine, "machine_key", lambda: key)
+    assert machine.read_cache() == {}
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"key": 1}', "\xff\xfe"])
+def test_a_damaged_cache_is_measured_again_and_replaced(cache, text):
+    cache.parent.mkdir(parents=True)
+    cache.write_text(text, encoding="latin-1")
+    assert machine.read_cache() == {}
+    assert machine.remember("matmul", 3.0) == cache
+    assert machine.read_cache() == {"matmul": 3.0}
+
+
+def test_a_cached_value_of_the_wrong_kind_is_not_trusted(cache):
+    for value in ("fast", -1.0, True, None):
+        machine.remember("matmul", value)
+        assert machine.cached_number("matmul") is None
+
+
+def test_a_cache_too_big_to_be_ours_is_ignored(cache):
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"key": machine.machine_key(), "measured": {"a": 1}}))
+    with cache.open("a") as f:
+        f.truncate(machine.CACHE_MAX_BYTES + 1)  # sparse: no disk space used
+    assert machine.read_cache() == {}
+
+
+def test_an_unwritable_cache_folder_means_measuring_again_not_an_error(tmp_path, monkeypatch):
+    # The tests run as root, for whom a read-only folder is writable: the cache's folder is a
+    # regular file instead, which no user can create a folder in.
+    blocker = tmp_path / "scratchgpt"
+    blocker.write_text("a file where the cache's folder belongs")
+    monkeypatch.setattr(machine, "cache_path", lambda: blocker / "machine.json")
+    assert machine.remember("matmul", 3.0) is None
+    assert machine.read_cache() == {}
+    assert blocker.read_text() == "a file where the cache's folder belongs"
+
+
+def test_the_cache_folder_follows_xdg_cache_home(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert machine.cache_path() == tmp_path / "scratchgpt" / "machine.json"
+
+
+def test_the_key_names_the_kernel_restrictions_and_the_thread_count(monkeypatch):
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    key = machine.machine_key()
+    assert key["ATEN_CPU_CAPABILITY"] == "avx2" and key["threads"] == torch.get_num_threads()
+    assert key["torch"] == torch.__version__ and len(key["code"]) == 12
+
+
+# bf16: native or emulated, by its speed
+
+
+@pytest.mark.parametrize("bf16_rate, native", [(900.0, True), (1.3, False), (150.0, False)])
+def test_bf16_counts_as_native_only_where_it_multiplies_as_fast_as_float32(
+    cache, bf16_rate, native
+):
+    rates = {torch.float32: 160.0, torch.bfloat16: bf16_rate}
+    assert machine.bf16_is_native(rates.get) is native
+    assert machine.bf16_is_native(lambda dtype: pytest.fail("timed again")) is native  # cached
+
+
+def test_kernels_restricted_to_avx2_measure_bf16_as_emulated(tmp_path):
+    # An AVX2 laptop, simulated: its kernels convert bf16 to float32 in software.
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    env |= {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}
+    code = "from scratchgpt import machine; print(machine.bf16_is_native())"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert result.stdout.strip() == "False", result.stderr
+
+
+# Timing
+
+
+def test_candidates_are_timed_in_turns_and_keep_their_best_time():
+    calls, clock = [], iter(range(1000))
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    best = machine.time_in_turns(steps, seconds=10, clock=lambda: next(clock))
+    assert calls[:6] == ["a", "b", "a", "b", "a", "b"]  # warm-ups, then rounds in turn
+    assert best == {"a": 1, "b": 1}  # each call reads the fake clock twice: one tick apart
+
+
+def test_quick_steps_stop_after_a_few_rounds():
+    calls = []
+    machine.time_in_turns({"a": lambda: calls.append(1)}, seconds=1e9)
+    assert len(calls) == 1 + machine.MAX_ROUNDS
+
+
+def test_the_fastest_candidate_is_kept_and_reused(cache):
+    best, times, timed = machine.choose_fastest("gen", {"x": lambda: 2.0, "y": lambda: 1.0})
+    assert (best, times, timed) == ("y", {"x": 2.0, "y": 1.0}, True)
+    again = machine.choose_fastest("gen", {"x": never_called, "y": never_called})
+    assert again == ("y", {"x": 2.0, "y": 1.0}, False)
+
+
+# The shape and precision for a time budget
+
+
+def test_the_loss_is_interpolated_in_log_steps_and_never_rises_with_more_steps():
+    points = [(1000.0, 1.50), (4000.0, 1.46)]
+    assert machine.predicted_loss(points, 2000) == pytest.approx(1.48)
+    assert machine.predicted_loss(points, 500) == pytest.approx(1.52)
+    assert machine.predicted_loss([(1000.0, 1.50), (2000.0, 1.51)], 8000) == pytest.approx(1.50)
+
+
+def test_runs_of_nearly_the_same_length_are_one_point(tmp_path):
+    rows = [{"preset": "p", "steps": s, "loss": x} for s, x in [(1000, 1.5), (1100, 1.4)]]
+    rows.append({"preset": "p", "steps": 3000, "loss": 1.3})
+    (tmp_path / "t.json").write_text(json.dumps({"runs": rows}))
+    (a, loss_a), (b, loss_b) = machine.read_shape_table(tmp_path / "t.json")["p"]
+    assert a == pytest.approx((1000 * 1100) ** 0.5) and loss_a == pytest.approx(1.45)
+    assert (b, loss_b) == (3000, 1.3)
+
+
+def test_where_bf16_is_slow_training_runs_in_float32(cache, monkeypatch):
+    seconds = {("cpu", "bfloat16"): 0.9, ("cpu", "float32"): 0.6}
+    seconds |= {("cpu-float32", "bfloat16"): 0.5, ("cpu-float32", "float32"): 0.25}
+    assert choose(monkeypatch, seconds).dtype == "float32"
+
+
+def test_where_bf16_is_fast_training_runs_in_bf16(cache, monkeypatch):
+    seconds = {("cpu", "bfloat16"): 0.3, ("cpu", "float32"): 0.9}
+    seconds |= {("cpu-float32", "bfloat16"): 0.14, ("cpu-float32", "float32"): 0.3}
+    assert choose(monkeypatch, seconds).dtype == "bfloat16"
+
+
+def test_a_slow_machine_trains_the_smaller_shape_and_a_fast_one_the_larger(cache, monkeypatch):
+    slow = {("cpu", "float32"): 0.75, ("cpu-float32", "float32"): 0.33}  # 800 against 1800 steps
+    assert choose(monkeypatch, slow).preset == "cpu-float32"
+    cache.unlink()  # another machine
+    fast = {("cpu", "float32"): 0.26, ("cpu-float32", "float32"): 0.25}  # 2300 against 2400
+    assert choose(monkeypatch, fast).preset == "cpu"
+
+
+def test_the_measurement_counts_in_the_budget(cache, monkeypatch):
+    seconds = {("cpu", "float32"): 0.75, ("cpu-float32", "float32"): 0.33}
+    clock = iter([0.0, 30.0])
+    choice = choose(monkeypatch, seconds, clock=lambda: next(clock))
+    assert choice.measured_for == 30.0
+    predicted_steps = (600 - 30) / 0.33
+    expected = machine.predicted_loss(TABLE["cpu-float32"], predicted_steps)
+    assert choice.predicted["cpu-float32", "float32"] == pytest.approx(expected)
+
+
+def test_cached_step_times_are_not_measured_again(cache, monkeypatch):
+    seconds = {("cpu", "float32"): 0.75, ("cpu-float32", "float32"): 0.33}
+    first = choose(monkeypatch, seconds)
+    steps = {c: never_called for c in seconds}
+    again = machine.choose_training(steps, CAPS, 600.0, {c: f"step {c}" for c in seconds}, TABLE)
+    assert (again.preset, again.dtype, again.measured_for) == (first.preset, first.dtype, 0.0)
+    assert "timings cached" in again.line()
+
+
+def test_the_choice_is_one_line_with_every_candidates_figures(cache, monkeypatch):
+    seconds = {("cpu", "float32"): 0.75, ("cpu-float32", "float32"): 0.33}
+    line = choose(monkeypatch, seconds).line()
+    assert "\n" not in line and line.startswith("machine: cpu-float32 in float32")
+    assert "cpu float32 1.33 steps/s" in line and "cpu-float32 float32 3.03 steps/s" in line
+    assert "--preset and --dtype override" in line
+
+
+# The committed table
+
+
+def test_the_committed_table_names_the_source_of_every_run():
+    runs = json.loads(machine.SHAPE_TABLE.read_text())["runs"]
+    for run in runs:
+        assert {
+            "preset",
+            "steps",
+            "loss",
+            "machine_class",
+            "dtype",
+            "commit",
+            "date",
+            "command",
+        } <= set(run)
+        assert 1.0 < run["loss"] < 2.0 and run["steps"] > 0
+    table = machine.read_shape_table()
+    assert set(table) == {"cpu", "cpu-float32"}
+    assert all(len(points) >= 2 for points in table.values())  # a slope for each shape
