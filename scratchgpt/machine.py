@@ -22,7 +22,7 @@ import platform
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 
 import torch
@@ -46,6 +46,7 @@ def cache_path() -> Path:
     return Path(root) / "scratchgpt" / "machine.json"
 
 
+@cache  # read once a process: the CPU does not change under it
 def cpu_id() -> str:
     """The CPU's name, family, model and stepping, and a hash of its flags: 'AMD EPYC' alone
     names several generations."""
@@ -63,6 +64,7 @@ def cpu_id() -> str:
     return " / ".join([*info.values(), f"flags {flags}"])
 
 
+@cache  # hashed once a process: the code it runs does not change under it
 def code_version() -> str:
     digest = hashlib.sha256()
     for name in CODE_FILES:
