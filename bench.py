@@ -688,6 +688,7 @@ def main(argv: list[str] | None = None) -> int:
     name = "tiny" if tiny else f"preset {args.preset}"
     arch = train_cli.arch_name(bigram.TrainConfig(**shape))
     results: dict = {"machine": machine(), "config": shape | {"name": name, "arch": arch}}
+    results["machine"]["freed memory reused"] = hardware.reuse_freed_memory()  # as training does
     peaks: dict = {}
     if "matmul" in sections:
         print("matmul peak...", flush=True)

@@ -6,7 +6,8 @@ differs between a GPU, a CPU with bf16 instructions and a CPU without them (most
 - the model's CPU paths, called like the standard ones: scaled_dot_product_attention, Dropout;
 - generation on a CPU: which weights (generation_weights), which kernels (matrix_vector_kernels),
   the KV cache's dtype (cache_dtype);
-- memory estimates (check_memory) and torchrun: set-up, the DDP model, leaving together.
+- memory: estimates (check_memory), freed memory kept for reuse (reuse_freed_memory);
+- torchrun: set-up, the DDP model, leaving together.
 
 A precision the hardware only emulates is many times slower than float32: a CPU without bf16
 instructions multiplies bf16 matrices in software. So every choice of precision asks
@@ -14,6 +15,7 @@ native_bf16() first, which on a CPU is timed (machine.py), never read from the C
 """
 
 import copy
+import ctypes
 import gc
 import hashlib
 import math
@@ -282,6 +284,30 @@ def check_memory(config, batch_size: int, training: bool, device: torch.device) 
             f"{config.block_size} needs about {needed / 2**30:,.1f} GiB, more than the "
             f"{available / 2**30:,.1f} GiB of this {device.type}: choose a smaller shape"
         )
+
+
+# glibc's mallopt settings (malloc.h): how large a freed block may be and stay in the heap.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_BLOCK_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on a 64-bit system
+HEAP_KEEP = 1 << 30  # free memory at the heap's top is returned to the system beyond this
+
+
+def reuse_freed_memory() -> bool:
+    """Keep freed activations in the process's heap for the next step to reuse. By default
+    glibc hands each block of a few MB back to the system when it is freed, and the system
+    zeroes fresh pages for the next step: the `cpu` preset's step then takes about 15,000 page
+    faults (docs/performance.md). Returns whether the C library took the settings (glibc only)."""
+    if os.name != "posix":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_MAX)) and bool(
+        mallopt(M_TRIM_THRESHOLD, HEAP_KEEP)
+    )
 
 
 # -----------------------------------------------------------------------------

@@ -471,6 +471,7 @@ def checkpoint_lock(args: argparse.Namespace, ddp: hardware.Distributed) -> Iter
 def train(args: argparse.Namespace) -> str | None:
     """Train as the flags say; returns the summary line (None on ranks other than 0)."""
     device = hardware.resolve_device(args.device or "auto")
+    hardware.reuse_freed_memory()
     ddp, device = hardware.setup_distributed(device, args.backend or "")
     with checkpoint_lock(args, ddp):
         return prepare_and_train(args, ddp, device)
