@@ -13,6 +13,8 @@ Sections:
   train     training tokens/s and model FLOPs utilisation, through bigram.train_step
   generate  characters/s with and without the KV cache, and for batches of samples
   corpus    reddit.load_reddit on a synthetic Reddit text: MB/s and peak memory, in a subprocess
+  choices   what this machine's timings choose (scratchgpt/machine.py): the shape and precision
+            `python bigram.py` trains for its time budget, and the weights MODEL.py generates with
 
 Each section also times the original code's approach (Karpathy's "Let's build GPT" gpt.py,
 re-implemented below in a few lines) in the same run, so every speed-up is measured, not quoted.
@@ -38,14 +40,14 @@ from torch.nn import functional as F
 
 import bigram
 import MODEL
-from scratchgpt import hardware, train_cli
+from scratchgpt import corpus, hardware, machine, train_cli
 from scratchgpt.files import UserError
 
 REPO = Path(__file__).resolve().parent
 REDDIT_SAMPLE = REPO.parent / "shared" / "data" / "reddit" / "comments.txt"
 VOCAB_SIZE = 65  # Tiny Shakespeare's; speed does not depend on the data, so tokens are random
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, dropout=0.2)
-SECTIONS = ("matmul", "train", "generate", "corpus")
+SECTIONS = ("matmul", "train", "generate", "corpus", "choices")
 
 
 # -----------------------------------------------------------------------------
@@ -225,22 +227,14 @@ def newton_schulz_flops(optimizers: list) -> float:
 
 
 def step_in_parts(model, optimizers, scaler, batch, config, dtype) -> dict:
-    """Seconds of one training step's parts, as bigram.train_step runs them."""
+    """Seconds of one training step's parts: bigram.train_step's own, for one micro-batch."""
     device = torch.device("cpu")
-    times = {}
-    start = time.perf_counter()
-    with hardware.autocast(device, dtype):
-        _, loss = model(*batch)
-    times["forward"] = time.perf_counter() - start
-    start = time.perf_counter()
+    times, start = {}, time.perf_counter()
+    loss = bigram.micro_batch_loss(model, *batch, device, dtype)
+    times["forward"], start = time.perf_counter() - start, time.perf_counter()
     scaler.scale(loss).backward()
-    times["backward"] = time.perf_counter() - start
-    start = time.perf_counter()
-    if config.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-    for optimizer in optimizers:
-        scaler.step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
+    times["backward"], start = time.perf_counter() - start, time.perf_counter()
+    bigram.apply_gradients(model, optimizers, scaler, config.grad_clip)
     times["optimizer"] = time.perf_counter() - start
     return times
 
@@ -522,7 +516,26 @@ def bench_corpus(size_mb: float, original_mb: float, folder: Path) -> dict:
 # Report
 
 
-def machine() -> dict:
+def bench_choices(minutes: float, shape: dict) -> dict:
+    """The choices this machine's timings make, as `python bigram.py --max-minutes MINUTES` and
+    MODEL.py (for a model of shape, one sample) make them: timed now, or read from the cache."""
+    device = torch.device("cpu")
+    args = train_cli.parse_args(["--max-minutes", f"{minutes:g}"])
+    config = train_cli.make_config(args, device, None)
+    candidates = train_cli.machine_candidates(args, config, device, hardware.Distributed())
+    if candidates:  # random tokens of Tiny Shakespeare's vocabulary: a step's time is the same
+        tokens = np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint8)
+        vocab = [chr(ord("!") + i) for i in range(VOCAB_SIZE)]
+        _, choice = train_cli.choose_for_machine(candidates, corpus.Corpus(tokens, vocab), device)
+        training = choice.line()
+    else:
+        training = f"machine: {config.preset} in {config.dtype}, untimed (nothing to choose)"
+    _, weights = hardware.generation_weights(scratch_model(shape).eval(), "auto",
+                                             MODEL.seconds_per_step)  # fmt: skip
+    return {"training": training, "weights": weights or "weights: float32 (bf16 is emulated)"}
+
+
+def machine_summary() -> dict:
     model_name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -618,6 +631,8 @@ def print_report(results: dict) -> None:
         print(f"{name:<{width}}  {value:>{value_width}}  {unit}")
     for warning in results.get("train", {}).get("warnings", []):
         print(warning)
+    for line in results.get("choices", {}).values():
+        print(line)
 
 
 # -----------------------------------------------------------------------------
@@ -650,6 +665,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="leave out the original code's timings (a minute at the reference size)",
     )
+    p.add_argument("--minutes", type=float, default=10, help="choices: the training budget")
     p.add_argument("--tiny", action="store_true", help="tiny model and sizes: seconds, for tests")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
@@ -687,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = hardware.resolve_dtype(args.dtype, torch.device("cpu"))
     name = "tiny" if tiny else f"preset {args.preset}"
     arch = train_cli.arch_name(bigram.TrainConfig(**shape))
-    results: dict = {"machine": machine(), "config": shape | {"name": name, "arch": arch}}
+    results: dict = {"machine": machine_summary(), "config": shape | {"name": name, "arch": arch}}
     results["machine"]["freed memory reused"] = hardware.reuse_freed_memory()  # as training does
     peaks: dict = {}
     if "matmul" in sections:
@@ -710,6 +726,10 @@ def main(argv: list[str] | None = None) -> int:
         sizes = (1, 0.5) if tiny else (args.corpus_mb, args.original_corpus_mb)
         with tempfile.TemporaryDirectory(prefix="bench-corpus-") as folder:
             results["corpus"] = bench_corpus(*sizes, Path(folder))
+    if "choices" in sections:
+        print("this machine's choices...", flush=True)
+        minutes = machine.MIN_BUDGET_S / 60 if tiny else args.minutes  # tiny: the shortest timing
+        results["choices"] = bench_choices(minutes, shape)
     print_report(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")

@@ -573,23 +573,24 @@ def set_learning_rates(optimizers: list, config: TrainConfig, scale: float) -> N
             group["lr"] = peak * scale
 
 
-def train_step(
-    model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, micro_batches: list,
-    grad_clip: float, device: torch.device, dtype: torch.dtype,
-) -> torch.Tensor:  # fmt: skip
-    """One optimizer step over grad-accum micro-batches; returns the last micro-batch's loss.
+def micro_batch_loss(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """The forward pass of one micro-batch, under autocast: its mean loss."""
+    with autocast(device, dtype):
+        _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+    return loss
 
-    Under DDP, gradients are averaged across processes once, on the last micro-batch only.
-    The GradScaler matters for float16 only (elsewhere it passes everything through): it scales
-    the loss up so that small gradients do not round to zero, and skips steps that overflow.
+
+def apply_gradients(
+    model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, grad_clip: float
+) -> None:
+    """The optimizers' step on the accumulated gradients, which are then cleared.
+
+    The GradScaler matters for float16 only (elsewhere it passes everything through): it scaled
+    the loss up so that small gradients did not round to zero, and here it skips a step that
+    overflowed.
     """
-    for i, (x, y) in enumerate(micro_batches):
-        last = i == len(micro_batches) - 1
-        sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
-        with sync:
-            with autocast(device, dtype):
-                _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-            scaler.scale(loss / len(micro_batches)).backward()  # the step follows their mean
     for optimizer in optimizers:
         scaler.unscale_(optimizer)  # clip the true gradients
     overflow = False
@@ -603,6 +604,21 @@ def train_step(
     scaler.update()
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
+
+
+def train_step(
+    model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, micro_batches: list,
+    grad_clip: float, device: torch.device, dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """One optimizer step over grad-accum micro-batches; returns the last micro-batch's loss.
+    Under DDP, gradients are averaged across processes once, on the last micro-batch only."""
+    for i, (x, y) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
+        with sync:
+            loss = micro_batch_loss(model, x, y, device, dtype)
+            scaler.scale(loss / len(micro_batches)).backward()  # the step follows their mean
+    apply_gradients(model, optimizers, scaler, grad_clip)
     return loss
 
 

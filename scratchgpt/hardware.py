@@ -23,7 +23,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from functools import partial
+from functools import cache, partial
 
 import torch
 import torch.distributed as dist
@@ -236,18 +236,19 @@ def generation_weights(
         return model.to(torch.bfloat16), None
     if choice == "float32" or not cpu_has_native_bf16():
         return model, None
-    candidates = {"float32": model, "bfloat16": copy.deepcopy(model).to(torch.bfloat16)}
+    bf16 = cache(lambda: copy.deepcopy(model).to(torch.bfloat16))  # made only when used
+    steps = {"float32": partial(seconds_per_step, model, batch_size),
+             "bfloat16": lambda: seconds_per_step(bf16(), batch_size)}  # fmt: skip
     shapes = sorted((name, tuple(p.shape)) for name, p in model.named_parameters())
     shape = hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]
     name = f"generate step {shape}, batch {batch_size}"
-    steps = {dtype: partial(seconds_per_step, m, batch_size) for dtype, m in candidates.items()}
     best, times, timed = machine.choose_fastest(name, steps, remeasure=choice == "fastest")
     other = "float32" if best == "bfloat16" else "bfloat16"
     how = "timed here" if timed else "timings cached"
     line = (f"weights: {best}, {times[best] * 1000:.1f} ms a step against "
             f"{times[other] * 1000:.1f} for {other} ({how} in {machine.cache_path()}; "
             "--weights overrides)")  # fmt: skip
-    return candidates[best], line
+    return (bf16() if best == "bfloat16" else model), line
 
 
 # -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -102,11 +103,11 @@ def read_cache() -> dict:
     return found if isinstance(found, dict) else {}
 
 
-def remember(name: str, value: object) -> Path | None:
-    """Keep one measurement; returns the cache's path, or None when it cannot be written (the
-    measurement is then made again next time)."""
+def remember(measurements: dict[str, object]) -> Path | None:
+    """Keep measurements, by name; returns the cache's path, or None when it cannot be written
+    (they are then made again next time)."""
     path = cache_path()
-    measured = read_cache() | {name: value}
+    measured = read_cache() | measurements
     text = json.dumps({"key": machine_key(), "measured": measured}, indent=1)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
@@ -153,7 +154,7 @@ def bf16_is_native(rate: Callable[[torch.dtype], float] = matmul_rate) -> bool:
         rates[dtype] = cached_number(name)
         if rates[dtype] is None:
             rates[dtype] = rate(dtype)
-            remember(name, rates[dtype])
+            remember({name: rates[dtype]})
     return rates[torch.bfloat16] >= rates[torch.float32]
 
 
@@ -161,31 +162,40 @@ def bf16_is_native(rate: Callable[[torch.dtype], float] = matmul_rate) -> bool:
 # Timing candidates
 
 
+def rounds_in_turns(
+    measures: dict[Hashable, Callable[[], float]], seconds: float = MEASURE_SECONDS,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[Hashable, list[float]]:  # fmt: skip
+    """Each candidate's measurements (in seconds), one a round. The candidates are measured in
+    turns, so that a change in the machine's load slows each alike: one warm-up each (first
+    calls allocate), then rounds until seconds are spent: at least one, at most MAX_ROUNDS."""
+    start = clock()
+    for measure in measures.values():
+        measure()
+    found: dict[Hashable, list[float]] = {name: [] for name in measures}
+    rounds = 0
+    while rounds < 1 or (rounds < MAX_ROUNDS and clock() - start < seconds):
+        for name, measure in measures.items():
+            found[name].append(measure())
+        rounds += 1
+    return found
+
+
 def best_in_turns(
     measures: dict[Hashable, Callable[[], float]], seconds: float = MEASURE_SECONDS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[Hashable, float]:  # fmt: skip
-    """Each candidate's best measurement (in seconds). The candidates are measured in turns, so
-    that a change in the machine's load slows each alike, and the best of several is the least
-    disturbed: one warm-up each (first calls allocate), then rounds until seconds are spent: at
-    least one, at most MAX_ROUNDS."""
-    start = clock()
-    for measure in measures.values():
-        measure()
-    best = dict.fromkeys(measures, math.inf)
-    rounds = 0
-    while rounds < 1 or (rounds < MAX_ROUNDS and clock() - start < seconds):
-        for name, measure in measures.items():
-            best[name] = min(best[name], measure())
-        rounds += 1
-    return best
+    """Each candidate's best measurement, measured in turns (rounds_in_turns): the least
+    disturbed, which compares two ways of doing the same work fairly."""
+    return {name: min(times) for name, times in rounds_in_turns(measures, seconds, clock).items()}
 
 
 def time_in_turns(
     steps: dict[Hashable, Callable[[], object]], seconds: float = MEASURE_SECONDS,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[Hashable, float]:  # fmt: skip
-    """Each step's best time, the steps called in turns (best_in_turns)."""
+    """Each step's typical time, the median of its rounds, the steps called in turns: a run
+    takes its steps at their typical speed, not at their best (docs/performance.md)."""
 
     def timed(step: Callable[[], object]) -> float:
         begin = clock()
@@ -193,7 +203,8 @@ def time_in_turns(
         return clock() - begin
 
     measures = {name: partial(timed, step) for name, step in steps.items()}
-    return best_in_turns(measures, seconds, clock)
+    rounds = rounds_in_turns(measures, seconds, clock)
+    return {name: statistics.median(times) for name, times in rounds.items()}
 
 
 def choose_fastest(
@@ -209,7 +220,7 @@ def choose_fastest(
     if valid and not remeasure:
         return min(kept, key=kept.get), kept, False
     times = best_in_turns(measures, seconds)
-    remember(name, times)
+    remember({name: times})
     return min(times, key=times.get), times, True
 
 
@@ -250,6 +261,12 @@ def predicted_loss(points: list[tuple[float, float]], steps: float) -> float:
     return l0 + slope * math.log(max(steps, 1) / s0)
 
 
+def evaluation_cost(eval_iters: int, eval_interval: int) -> float:
+    """The share of a training step's time that a run's evaluations add: eval_iters batches of
+    each split every eval_interval steps, each a forward pass, about a third of a step."""
+    return 2 * eval_iters / (3 * eval_interval)
+
+
 @dataclass(frozen=True)
 class TrainingChoice:
     """What a run trains on this machine, with the figures it was chosen on."""
@@ -280,10 +297,12 @@ def choose_training(
     budget_s: float, names: dict[tuple[str, str], str],
     table: dict[str, list[tuple[float, float]]] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    evaluation_share: dict[str, float] | None = None,
 ) -> TrainingChoice:  # fmt: skip
     """The (preset, dtype) candidate predicted to end lowest after budget_s seconds of its
-    training steps (at most steps_cap[preset] of them). Each candidate's step is timed here once
-    and cached under names[candidate], a description of what it trains."""
+    training steps (at most steps_cap[preset] of them), each step also paying its share of the
+    run's evaluations (evaluation_share[preset], see evaluation_cost). Each candidate's step is
+    timed here once and cached under names[candidate], a description of what it trains."""
     table = read_shape_table() if table is None else table
     cached = {c: cached_number(names[c]) for c in candidates}
     missing = {c: step for c, step in candidates.items() if cached[c] is None}
@@ -291,13 +310,13 @@ def choose_training(
     seconds_to_spend = min(MEASURE_SECONDS, MEASURE_SHARE * budget_s)
     timed = time_in_turns(missing, seconds_to_spend) if missing else {}
     measured_for = clock() - start if missing else 0.0
-    path = cache_path()
-    for c, seconds in timed.items():
-        path = remember(names[c], seconds)
+    path = remember({names[c]: seconds for c, seconds in timed.items()}) if timed else cache_path()
     seconds = {c: cached[c] or timed[c] for c in candidates}
-    predicted = {
-        (p, d): predicted_loss(table[p], min(steps_cap[p], (budget_s - measured_for) / s))
+    share = evaluation_share or {}
+    steps = {
+        (p, d): min(steps_cap[p], (budget_s - measured_for) / (s * (1 + share.get(p, 0.0))))
         for (p, d), s in seconds.items()
     }
+    predicted = {(p, d): predicted_loss(table[p], n) for (p, d), n in steps.items()}
     preset, dtype = min(predicted, key=lambda c: (predicted[c], seconds[c]))  # a tie: the faster
     return TrainingChoice(preset, dtype, seconds, predicted, budget_s, measured_for, path)

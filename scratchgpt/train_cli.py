@@ -415,6 +415,9 @@ def choose_for_machine(
         steps_cap={c.preset: c.max_iters for c in candidates},
         budget_s=candidates[0].max_minutes * 60,
         names={key: step_name(c) for key, c in by_key.items()},
+        evaluation_share={
+            c.preset: machine.evaluation_cost(c.eval_iters, c.eval_interval) for c in candidates
+        },
     )
     return by_key[choice.preset, choice.dtype], choice
 

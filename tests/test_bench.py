@@ -22,6 +22,7 @@ KEYS = {
     | {"parts", "warnings", "optimizers"},
     "generate": {"kv_cache_chars_per_s", "no_cache_chars_per_s", "original_chars_per_s", "batch"},
     "corpus": {"original", "load_reddit"},
+    "choices": {"training", "weights"},
 }
 
 
@@ -49,6 +50,9 @@ def test_tiny_run_writes_every_section_to_json(tmp_path):
         assert corpus["load_reddit"]["mb_per_s"] > 0 and corpus["net_rss_per_mb_ratio"] > 0
     for section in ("matmul peak", "train ScratchGPT", "generate 1 sample", "corpus"):
         assert section in result.stdout  # the table
+    assert results["choices"]["training"].startswith("machine: ")
+    assert results["choices"]["weights"].startswith("weights: ")
+    assert results["choices"]["training"] in result.stdout
 
 
 def test_only_runs_the_sections_asked_for(tmp_path):
@@ -126,3 +130,24 @@ def test_training_flops_follow_the_architecture():
     classic_count = bigram.count_parameters(classic)
     assert bench.flops_per_token(classic) == 6 * (classic_count - position_table) + attention
     assert bench.flops_per_token(modern) == 6 * bigram.count_parameters(modern) + attention
+
+
+def test_the_step_timed_in_parts_is_the_training_step():
+    """The same update as bigram.train_step, with a float16-style loss scale: the gradients are
+    unscaled before they are clipped."""
+    shape = bench.TINY | {"dropout": 0.0}  # no random masks: the two steps are comparable
+    config, device = bigram.TrainConfig(**shape, vocab_size=bench.VOCAB_SIZE), torch.device("cpu")
+    batch = tuple(torch.randint(0, bench.VOCAB_SIZE, (4, 32)) for _ in range(2))
+    weights = []
+    for timed_in_parts in (False, True):
+        torch.manual_seed(0)
+        model = bench.scratch_model(shape)
+        optimizers = bigram.make_optimizers(model, config, device)
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        if timed_in_parts:
+            bench.step_in_parts(model, optimizers, scaler, batch, config, torch.float32)
+        else:
+            bigram.train_step(model, optimizers, scaler, [batch], config.grad_clip, device,
+                              torch.float32)  # fmt: skip
+        weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(weights[0], weights[1])

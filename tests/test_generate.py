@@ -254,6 +254,14 @@ def test_the_timing_is_kept_so_a_seed_writes_the_same_text_on_every_run(checkpoi
     assert next(picked.parameters()).dtype == torch.bfloat16 and "timings cached" in why
 
 
+def test_cached_float32_weights_make_no_bf16_copy(checkpoint, bf16_cpu, monkeypatch):
+    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.float32))
+    monkeypatch.setattr(hardware.copy, "deepcopy", lambda m: pytest.fail("a bf16 copy was made"))
+    picked, why = hardware.generation_weights(model, "auto", generated_in(torch.float32))
+    assert picked is model and "timings cached" in why
+
+
 def test_weights_fastest_times_them_again(checkpoint, bf16_cpu):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))

@@ -38,7 +38,7 @@ def never_called():
     pytest.fail("a cached timing was measured again")
 
 
-def choose(monkeypatch, seconds: dict, clock=None) -> machine.TrainingChoice:
+def choose(monkeypatch, seconds: dict, clock=None, **settings) -> machine.TrainingChoice:
     """choose_training over a 600-second budget with made-up step times: each candidate's step
     'takes' its seconds."""
     monkeypatch.setattr(
@@ -47,20 +47,20 @@ def choose(monkeypatch, seconds: dict, clock=None) -> machine.TrainingChoice:
     steps = {c: (lambda: None) for c in seconds}
     names = {c: f"step {c}" for c in seconds}
     timing = {"clock": clock} if clock else {}
-    return machine.choose_training(steps, CAPS, 600.0, names, table=TABLE, **timing)
+    return machine.choose_training(steps, CAPS, 600.0, names, table=TABLE, **timing, **settings)
 
 
 # The cache
 
 
 def test_a_measurement_is_kept_for_the_next_run(cache):
-    assert machine.remember("matmul", 12.5) == cache
+    assert machine.remember({"matmul": 12.5}) == cache
     assert machine.read_cache() == {"matmul": 12.5}
     assert machine.cached_number("matmul") == 12.5
 
 
 def test_another_machine_torch_or_code_version_measures_again(cache, monkeypatch):
-    machine.remember("matmul", 12.5)
+    machine.remember({"matmul": 12.5})
     key = machine.machine_key() | {"torch": "0.0"}
     monkeypatch.setattr(machine, "machine_key", lambda: key)
     assert machine.read_cache() == {}
@@ -71,13 +71,13 @@ def test_a_damaged_cache_is_measured_again_and_replaced(cache, text):
     cache.parent.mkdir(parents=True)
     cache.write_text(text, encoding="latin-1")
     assert machine.read_cache() == {}
-    assert machine.remember("matmul", 3.0) == cache
+    assert machine.remember({"matmul": 3.0}) == cache
     assert machine.read_cache() == {"matmul": 3.0}
 
 
 def test_a_cached_value_of_the_wrong_kind_is_not_trusted(cache):
     for value in ("fast", -1.0, True, None):
-        machine.remember("matmul", value)
+        machine.remember({"matmul": value})
         assert machine.cached_number("matmul") is None
 
 
@@ -95,7 +95,7 @@ def test_an_unwritable_cache_folder_means_measuring_again_not_an_error(tmp_path,
     blocker = tmp_path / "scratchgpt"
     blocker.write_text("a file where the cache's folder belongs")
     monkeypatch.setattr(machine, "cache_path", lambda: blocker / "machine.json")
-    assert machine.remember("matmul", 3.0) is None
+    assert machine.remember({"matmul": 3.0}) is None
     assert machine.read_cache() == {}
     assert blocker.read_text() == "a file where the cache's folder belongs"
 
@@ -137,12 +137,21 @@ def test_kernels_restricted_to_avx2_measure_bf16_as_emulated(tmp_path):
 # Timing
 
 
-def test_candidates_are_timed_in_turns_and_keep_their_best_time():
+def test_candidates_are_timed_in_turns():
     calls, clock = [], iter(range(1000))
     steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
     best = machine.time_in_turns(steps, seconds=10, clock=lambda: next(clock))
     assert calls[:6] == ["a", "b", "a", "b", "a", "b"]  # warm-ups, then rounds in turn
     assert best == {"a": 1, "b": 1}  # each call reads the fake clock twice: one tick apart
+
+
+def test_a_step_is_timed_by_its_typical_round_not_its_luckiest():
+    now, durations = [0.0], iter([10.0, 1.0] + [3.0] * (machine.MAX_ROUNDS - 1))
+
+    def step():  # a warm-up of 10 s, one lucky round of 1 s, then 3 s a round
+        now[0] += next(durations)
+
+    assert machine.time_in_turns({"a": step}, seconds=1e9, clock=lambda: now[0]) == {"a": 3.0}
 
 
 def test_quick_steps_stop_after_a_few_rounds():
@@ -204,6 +213,15 @@ def test_the_measurement_counts_in_the_budget(cache, monkeypatch):
     assert choice.measured_for == 30.0
     predicted_steps = (600 - 30) / 0.33
     expected = machine.predicted_loss(TABLE["cpu-float32"], predicted_steps)
+    assert choice.predicted["cpu-float32", "float32"] == pytest.approx(expected)
+
+
+def test_evaluations_count_in_the_steps_a_budget_holds(cache, monkeypatch):
+    seconds = {("cpu", "float32"): 0.75, ("cpu-float32", "float32"): 0.33}
+    share = machine.evaluation_cost(eval_iters=20, eval_interval=250)  # the CPU presets'
+    assert share == pytest.approx(40 / 750)
+    choice = choose(monkeypatch, seconds, evaluation_share={"cpu": share, "cpu-float32": share})
+    expected = machine.predicted_loss(TABLE["cpu-float32"], 600 / (0.33 * (1 + share)))
     assert choice.predicted["cpu-float32", "float32"] == pytest.approx(expected)
 
 

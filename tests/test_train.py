@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 from support import REPO, TINY_MODEL, TINY_RUN, main_error, write_corpus
+from torch.nn import functional as F
 
 import bigram
-from scratchgpt import hardware, machine, runlog, train_cli
+from scratchgpt import hardware, machine, runlog, shipped, train_cli
 from scratchgpt.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 
 
@@ -472,3 +473,32 @@ def test_resume_refuses_another_architecture_or_optimizer(tmp_path, capsys):
                          (["--optimizer", "muon"], "--optimizer")]:  # fmt: skip
         line = main_error(bigram.main, [*base, *flags], capsys)
         assert f"keeps the saved model's shape and optimizer; drop {named}" in line
+
+
+PASSAGE = """ROMEO:
+But, soft! what light through yonder window breaks?
+It is the east, and Juliet is the sun.
+Arise, fair sun, and kill the envious moon,
+Who is already sick and pale with grief,
+That thou her maid art far more fair than she.
+"""
+
+
+def test_bf16_and_float32_training_steps_agree_to_bf16_rounding():
+    """The machine picks the training precision by speed alone: both give the same loss and
+    gradient directions, to bf16's rounding (8 bits of mantissa), on the shipped trained model."""
+    saved = load_checkpoint(shipped.MODEL_PATH)
+    model = bigram.model_from_checkpoint(saved, "cpu", shipped.MODEL_PATH).eval()  # no dropout
+    ids = torch.tensor([saved["vocab"].index(ch) for ch in PASSAGE])
+    n = model.config.block_size  # one window of the model's context
+    x, y = ids[:n][None], ids[1 : n + 1][None]
+    losses, gradients = [], []
+    for dtype in (torch.float32, torch.bfloat16):
+        model.zero_grad()
+        loss = bigram.micro_batch_loss(model, x, y, torch.device("cpu"), dtype)
+        loss.backward()
+        losses.append(loss.item())
+        gradients.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert 1.0 < losses[0] < 2.5  # a trained model on Shakespeare: the comparison means something
+    assert abs(losses[1] - losses[0]) < 0.02 * losses[0]
+    assert F.cosine_similarity(*gradients, dim=0) > 0.98
