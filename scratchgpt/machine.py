@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from scratchgpt import files
+
 REPO = Path(__file__).resolve().parents[1]
 CODE_FILES = ("bigram.py", "scratchgpt/hardware.py", "scratchgpt/machine.py")  # what is timed
 SHAPE_TABLE = Path(__file__).with_name("shape_losses.json")
@@ -109,16 +111,11 @@ def remember(measurements: dict[str, object]) -> Path | None:
     path = cache_path()
     measured = read_cache() | measurements
     text = json.dumps({"key": machine_key(), "measured": measured}, indent=1)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)  # whole or not at all: two processes never mix their writes
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:  # no folder to write in: nothing was left
-            pass
+        with files.atomic_file(path) as f:  # whole or not at all: two processes never mix
+            f.write(text.encode("utf-8"))
+    except OSError:  # no folder to write in, or a full disk: nothing was left
         return None
     return path
 

@@ -16,6 +16,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
+from scratchgpt import files
 from scratchgpt.machine import REPO, SHAPE_TABLE
 
 LOSS = re.compile(r"^exhaustive val loss ([0-9.]+) ", re.MULTILINE)
@@ -59,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine_class": args.machine_class, "dtype": args.dtype, "commit": commit(),
             "date": date.today().isoformat(), "command": " ".join(["python", *command[1:]]),
         })  # fmt: skip
-        tmp = SHAPE_TABLE.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
-        tmp.replace(SHAPE_TABLE)  # whole or not at all
+        with files.atomic_file(SHAPE_TABLE) as f:  # whole or not at all
+            f.write((json.dumps(table, indent=1) + "\n").encode("utf-8"))
         print(f"{args.preset}, {steps} steps: exhaustive val loss {loss:.4f}")
     return 0
 
