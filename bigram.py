@@ -8,9 +8,10 @@ The file reads top to bottom: the model (GPTConfig, attention, MLP, blocks, the 
 (sampling with a KV cache), then training (the presets, batches, evaluation, the learning-rate
 schedule, the optimizers, one step, the loop). What is not the model or its training lives in
 scratchgpt/: what runs natively on this hardware (hardware.py) and what it does fastest, timed
-(machine.py), the checkpoint format (checkpoint.py), the corpora (corpus.py, reddit.py), the
-record of a run (runlog.py), safe files (files.py), the command lines (cli.py, train_cli.py) and
-MODEL.py's interactive session (interactive.py). Importing this file has no side effects.
+(machine.py), three operations differentiated by hand for the CPU (fused.py), the checkpoint
+format (checkpoint.py), the corpora (corpus.py, reddit.py), the record of a run (runlog.py), safe
+files (files.py), the command lines (cli.py, train_cli.py) and MODEL.py's interactive session
+(interactive.py). Importing this file has no side effects.
 """
 
 import math
@@ -27,7 +28,7 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from scratchgpt import checkpoint, corpus, hardware, reddit, runlog
+from scratchgpt import checkpoint, corpus, fused, hardware, reddit, runlog
 from scratchgpt.hardware import autocast
 
 # -----------------------------------------------------------------------------
@@ -96,7 +97,7 @@ ROPE_BASE = 10000.0  # the longest wavelength of the rotary positions, in charac
 
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rms":
-        return nn.RMSNorm(config.n_embd)  # a learned gain only
+        return fused.RMSNorm(config.n_embd)  # a learned gain only
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
@@ -114,9 +115,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """Turn each pair of channels (i, i + head_size / 2) of x (B, n_head, T, head_size) by its
     position's angle. A query at p and a key at q then meet at an angle that depends on p - q
     only: attention sees how far back a character is, not where it sits in the window."""
-    x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return fused.rotate(x, cos, sin)
 
 
 class CausalSelfAttention(nn.Module):
@@ -134,21 +133,29 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = hardware.Dropout(config.dropout)
 
+    def qkv_product(self, x: torch.Tensor) -> torch.Tensor:
+        """Queries, keys and values side by side, (B, T, 3 * C). Split matrices are joined for one
+        product: a (C, 3C) product runs near a CPU's matmul peak, three (C, C) ones at about half.
+        One token of one sample is a vector's product, which reads each weight once either way;
+        joining would copy the three matrices at every generated token."""
+        if not self.split_qkv:
+            return self.qkv(x)
+        layers = (self.q, self.k, self.v)
+        if x.shape[:-1].numel() == 1:
+            return torch.cat([f(x) for f in layers], dim=-1)
+        bias = torch.cat([f.bias for f in layers]) if self.q.bias is not None else None
+        return F.linear(x, torch.cat([f.weight for f in layers]), bias)
+
     def forward(self, x, cache=None, start: int = 0, rope=None):
         B, T, C = x.shape
         # SDPA's causal mask is aligned top-left, so a multi-token step must start an empty cache.
         assert T == 1 or start == 0, "multi-token steps must start an empty cache"
         head_size = C // self.n_head
         # queries, keys and values as (B, n_head, T, head_size) each
-        if self.split_qkv:  # three (B, T, C) -> (B, T, n_head, head_size) -> (B, n_head, T, ...)
-            q, k, v = (
-                f(x).view(B, T, self.n_head, head_size).transpose(1, 2)
-                for f in (self.q, self.k, self.v)
-            )
-        else:  # one (B, T, 3 * C) -> (B, T, 3, n_head, head_size) -> (3, B, n_head, T, ...)
-            q, k, v = self.qkv(x).view(B, T, 3, self.n_head, head_size).permute(2, 0, 3, 1, 4)
+        # one (B, T, 3 * C) -> (B, T, 3, n_head, head_size) -> (3, B, n_head, T, ...)
+        q, k, v = self.qkv_product(x).view(B, T, 3, self.n_head, head_size).permute(2, 0, 3, 1, 4)
         if self.qk_norm:  # unit-RMS queries and keys: no logit can grow without bound
-            q, k = F.rms_norm(q, q.shape[-1:]), F.rms_norm(k, k.shape[-1:])
+            q, k = fused.rms_norm(q), fused.rms_norm(k)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
@@ -166,7 +173,7 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.proj(y))
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu2": lambda x: F.relu(x).square()}
+ACTIVATIONS = {"gelu": F.gelu, "relu2": fused.relu_squared}
 
 
 class MLP(nn.Module):

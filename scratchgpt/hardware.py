@@ -2,7 +2,7 @@
 differs between a GPU, a CPU with bf16 instructions and a CPU without them (most laptops).
 
 - device and precision: resolve_device, native_bf16, resolve_dtype, autocast;
-- Muon with its Newton-Schulz iteration in float32 where bf16 is emulated (muon);
+- Muon with its Newton-Schulz iteration in float32 where bf16 is emulated, batched by shape (muon);
 - the model's CPU paths, called like the standard ones: scaled_dot_product_attention, Dropout;
 - generation on a CPU: which weights (generation_weights), which kernels (matrix_vector_kernels),
   the KV cache's dtype (cache_dtype);
@@ -80,24 +80,27 @@ def autocast(device: torch.device, dtype: torch.dtype):
 
 
 def orthogonalize(
-    update: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
+    updates: torch.Tensor, coefficients: tuple[float, float, float], steps: int, eps: float,
     dtype: torch.dtype,
 ) -> torch.Tensor:  # fmt: skip
-    """The quintic Newton-Schulz iteration of torch's Muon, in dtype: it pushes every singular
-    value of update towards 1 (into about 0.7 .. 1.2), keeping the singular vectors."""
+    """The quintic Newton-Schulz iteration of torch's Muon, in dtype, on a stack of updates of one
+    shape (count, rows, columns): it pushes every singular value of each towards 1 (into about
+    0.7 .. 1.2), keeping the singular vectors. One batched product per stage serves the whole
+    stack, which on a CPU beats one small product per matrix (bench.py)."""
     a, b, c = coefficients
-    wide = update.size(0) > update.size(1)
-    x = update.to(dtype, copy=True)  # never the momentum buffer itself: x is divided in place
-    x = x.T if wide else x  # the Gram matrix of the shorter side is the cheaper one
-    x = x.div_(x.norm().clamp(min=eps))  # spectral norm at most 1
+    tall = updates.size(-2) > updates.size(-1)
+    x = updates.to(dtype, copy=True)  # never the momentum buffers themselves: x is divided in place
+    x = x.mT if tall else x  # the Gram matrix of the shorter side is the cheaper one
+    x = x.div_(torch.linalg.matrix_norm(x, keepdim=True).clamp(min=eps))  # spectral norm <= 1
     for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if wide else x
+        gram = x @ x.mT
+        x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x.mT if tall else x
 
 
 class Muon(torch.optim.Muon):
-    """torch.optim.Muon, with the Newton-Schulz iteration in ns_dtype rather than always in bf16.
+    """torch.optim.Muon, with the Newton-Schulz iteration in ns_dtype rather than always in bf16,
+    and run once for all the matrices of one shape (orthogonalize).
 
     The state and settings are torch's, so checkpoints move between the two. Only torch's default
     learning-rate adjustment is implemented: sqrt(max(1, rows / columns)).
@@ -116,20 +119,28 @@ class Muon(torch.optim.Muon):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, momentum = group["lr"], group["momentum"]
+            by_shape = {}
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if "momentum_buffer" not in self.state[p]:
-                    self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
-                buffer = self.state[p]["momentum_buffer"]
-                buffer.lerp_(p.grad, 1 - momentum)
-                update = p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"],
-                                       group["eps"], self.ns_dtype)  # fmt: skip
-                p.mul_(1 - lr * group["weight_decay"])
-                p.add_(update, alpha=-lr * math.sqrt(max(1, p.shape[0] / p.shape[1])))
+                if p.grad is not None:
+                    by_shape.setdefault(p.shape, []).append(p)
+            for (rows, columns), params in by_shape.items():
+                updates = torch.stack([self.momentum_update(p, group) for p in params])
+                updates = orthogonalize(updates, group["ns_coefficients"], group["ns_steps"],
+                                        group["eps"], self.ns_dtype)  # fmt: skip
+                lr = group["lr"]
+                for p, update in zip(params, updates, strict=True):
+                    p.mul_(1 - lr * group["weight_decay"])
+                    p.add_(update, alpha=-lr * math.sqrt(max(1, rows / columns)))
         return loss
+
+    def momentum_update(self, p: torch.Tensor, group: dict) -> torch.Tensor:
+        """The momentum buffer moved towards p's gradient; with Nesterov, the gradient moved
+        towards the buffer."""
+        if "momentum_buffer" not in self.state[p]:
+            self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+        buffer, momentum = self.state[p]["momentum_buffer"], group["momentum"]
+        buffer.lerp_(p.grad, 1 - momentum)
+        return p.grad.lerp(buffer, momentum) if group["nesterov"] else buffer
 
 
 def adamw(groups: list[dict], device: torch.device, **settings) -> torch.optim.AdamW:
@@ -138,11 +149,10 @@ def adamw(groups: list[dict], device: torch.device, **settings) -> torch.optim.A
 
 
 def muon(params, device: torch.device, **settings) -> torch.optim.Muon:
-    """torch's Muon where the device multiplies bf16 natively; elsewhere Muon in float32, many
-    times faster than an iteration in emulated bf16 (bench.py times it)."""
-    if native_bf16(device):
-        return torch.optim.Muon(params, **settings)
-    return Muon(params, ns_dtype=torch.float32, **settings)
+    """Muon iterating in bf16, as torch's does, where the device multiplies bf16 natively;
+    elsewhere in float32, many times faster than an iteration in emulated bf16 (bench.py)."""
+    ns_dtype = torch.bfloat16 if native_bf16(device) else torch.float32
+    return Muon(params, ns_dtype=ns_dtype, **settings)
 
 
 # -----------------------------------------------------------------------------

@@ -82,12 +82,12 @@ def test_without_bf16_instructions_a_training_step_runs_no_bf16(monkeypatch):
 def test_with_bf16_instructions_training_takes_the_bf16_path(monkeypatch):
     forward_backward, optimizer = training_step_ops(native=True, monkeypatch=monkeypatch)
     assert "mm" in forward_backward.products()  # autocast's matrix products
-    assert "addmm" in optimizer.products()  # torch's Muon iterates in bf16
+    assert "baddbmm" in optimizer.products()  # Muon iterates in bf16, its matrices stacked
 
 
-def test_muon_is_torchs_only_where_bf16_is_native(monkeypatch):
+def test_muon_iterates_in_bf16_only_where_bf16_is_native(monkeypatch):
     _, optimizers, _, _ = modern_run(native=True, monkeypatch=monkeypatch)
-    assert type(optimizers[1]) is torch.optim.Muon
+    assert type(optimizers[1]) is hardware.Muon and optimizers[1].ns_dtype == torch.bfloat16
     _, optimizers, _, _ = modern_run(native=False, monkeypatch=monkeypatch)
     assert type(optimizers[1]) is hardware.Muon and optimizers[1].ns_dtype == torch.float32
 

@@ -65,6 +65,15 @@ def test_split_qkv_computes_what_one_qkv_matrix_with_the_same_weights_does(base)
     assert count_parameters(split) == count_parameters(fused)
 
 
+def test_split_qkv_gives_one_token_what_the_joined_product_gives():
+    # Batch-1 generation takes three products; every other input, one of the joined matrices.
+    torch.manual_seed(0)
+    attention = GPTLanguageModel(MODERN).blocks[0].attn
+    x = torch.randn(2, 1, MODERN.n_embd)
+    with torch.no_grad():
+        torch.testing.assert_close(attention.qkv_product(x[:1]), attention.qkv_product(x)[:1])
+
+
 @pytest.mark.parametrize(
     "changes, message",
     [
