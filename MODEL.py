@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--no-stream", action="store_true", help="print the text only when done")
-    p.add_argument("--output", type=Path, help="also write the text to this (new) file")
+    p.add_argument("--output", help="also write the text to this (new) file")
     p.add_argument("--overwrite", action="store_true", help="let --output replace a file")
     p.add_argument("--no-kv-cache", action="store_true", help="slow reference path")
     p.add_argument("--weights", choices=["auto", "float32", "bfloat16", "fastest"], default="auto",
@@ -96,7 +96,7 @@ def checkpoint_to_load(args: argparse.Namespace) -> Path:
 
 def check_output_file(args: argparse.Namespace) -> None:
     """--output is written last: make sure now that it can be, and that it destroys nothing."""
-    output = args.output
+    output = args.output = files.user_path(args.output, "--output", output_example="sample.txt")
     if not output.parent.is_dir():
         raise UserError(f"--output: folder {output.parent} does not exist")
     inputs = {"the checkpoint": checkpoint_to_load(args)}
@@ -110,7 +110,8 @@ def check_output_file(args: argparse.Namespace) -> None:
 def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
     if args.prompt_file is not None:
         # As a corpus is read: no byte-order mark, Windows line ends as newlines, no UTF-16.
-        prompt = "".join(normalize_newlines([read_text(args.prompt_file, "prompt file")]))
+        text = read_text(args.prompt_file, "prompt file", max_bytes=4 * MAX_CHARS)
+        prompt = "".join(normalize_newlines([text]))
         if not prompt:
             raise UserError(f"prompt file {args.prompt_file} is empty")
         return prompt
@@ -165,6 +166,9 @@ def generate(args: argparse.Namespace) -> None:
     if args.output is not None:
         check_output_file(args)
     model, vocab, device = load_model(args)
+    # Each sample keeps its own KV cache: together they may not fit where one does.
+    hardware.check_memory(model.config, args.num_samples, training=False, device=device,
+                          advice="ask for fewer --num-samples")  # fmt: skip
     prompt = read_prompt(args, vocab)
     try:
         prompt_ids = torch.from_numpy(encode(prompt, vocab).astype("int64"))
@@ -295,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the reader left (e.g. `| head`): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
+    except OSError as e:  # files raise UserError: this is the console (stdout on a full disk)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # a quiet flush at exit
+        print(f"error: standard input or output failed: {e.strerror or e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -318,10 +318,14 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pick one token per row of logits (B, V); temperature 0 means always the likeliest."""
+    """Pick one token per row of logits (B, V); temperature 0 means always the likeliest. Any
+    temperature > 0 and top_p > 0 give a distribution, however small they are."""
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # The best logit becomes 0 before the division: a tiny temperature then sends the others to
+    # -inf and the best keeps probability 1, where logits / temperature alone would give inf.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth_best = torch.topk(logits, top_k).values[:, [-1]]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
@@ -329,7 +333,8 @@ def sample_next(
         # Keep the smallest set of tokens whose probabilities add up to top_p (nucleus sampling).
         sorted_logits, order = torch.sort(logits, descending=True)
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p  # the best always stays
+        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
+        drop_sorted[:, 0] = False  # the best always stays (a top_p below float32's range is 0)
         drop = drop_sorted.scatter(1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator)

@@ -74,7 +74,7 @@ def save_checkpoint(state: dict, path: Path | str, replace: bool = True) -> None
     """Atomic: a crash, a kill or a full disk while saving leaves the previous checkpoint.
     A run's first save (replace=False) creates the file only if no other program did meanwhile."""
     try:
-        with files.atomic_file(Path(path), replace=replace) as f:
+        with files.signals_held(), files.atomic_file(Path(path), replace=replace) as f:
             torch.save(state, f)
     except FileExistsError:
         raise UserError(
@@ -82,9 +82,8 @@ def save_checkpoint(state: dict, path: Path | str, replace: bool = True) -> None
             "replaced; train again into another --out"
         ) from None
     except OSError as e:
-        raise UserError(
-            f"cannot save checkpoint {path}: {e.strerror or e}; the previous one there is intact"
-        ) from None
+        kept = "the previous one there is intact" if replace else "nothing was written there"
+        raise UserError(f"cannot save checkpoint {path}: {e.strerror or e}; {kept}") from None
 
 
 def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict:

@@ -7,12 +7,31 @@ import sys
 
 from scratchgpt.files import UserError
 
-MAX_SEED = 2**63 - 1  # numpy's SeedSequence and torch's generators both take 0 .. 2**63 - 1
+MAX_INT = 2**63 - 1  # the largest 64-bit integer: numpy, torch and the log hold no larger one
+MAX_SEED = MAX_INT  # numpy's SeedSequence and torch's generators both take 0 .. 2**63 - 1
 MAX_CHARS = 10_000_000  # characters one MODEL.py command writes, all samples together: in memory
+
+
+def whole_number(text: str) -> int:
+    """An int flag's value, no larger than a 64-bit integer: a 401-digit number would overflow
+    the first float it meets."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if abs(value) > MAX_INT:
+        shown = text if len(text) <= 24 else f"{text[:12]}... ({len(text)} digits)"
+        raise argparse.ArgumentTypeError(f"{shown} is beyond {MAX_INT:,}")
+    return value
 
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def typed_flag(name: str, value: object) -> str:
+    """The flag as it was typed for value: --no-rope for a switch turned off."""
+    return flag(f"no_{name}") if value is False else flag(name)
 
 
 def flag_fields(config_class) -> list[dataclasses.Field]:
@@ -25,7 +44,7 @@ def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
     choices. Every flag defaults to None, so that what was given on the command line can be told
     from what was not."""
     for field in flag_fields(config_class):
-        kind = {"type": field.type}
+        kind = {"type": whole_number if field.type is int else field.type}
         if field.type is bool:
             kind = {"action": argparse.BooleanOptionalAction}
         elif field.metadata["choices"]:

@@ -16,12 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchgpt.files import UserError, atomic_file, unreadable_reason
+from scratchgpt.files import UserError, atomic_file, check_size, unreadable_reason
 
 # The repository's data folder, wherever the scripts are run from.
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DATASET_FILES = {"shakespeare": DATA_DIR / "input.txt", "reddit": DATA_DIR / "reddit.rar"}
 CACHE_DIR = DATA_DIR / "cache"  # token files built from archives
+# A corpus is held in memory several times over while it is read (its bytes, the text, the
+# tokens): past this a laptop runs out of memory before training starts.
+MAX_CORPUS_BYTES = 4 << 30
 SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
@@ -89,28 +92,42 @@ def download_shakespeare(path: Path) -> None:
         f.write(data)
 
 
-def looks_utf16(data: bytes) -> bool:
-    """A byte-order mark, or a NUL in every other byte: what Windows tools call 'Unicode'."""
-    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return True
+def wide_encoding(data: bytes) -> str | None:
+    """The iconv name of UTF-16 or UTF-32 text (what Windows tools call 'Unicode'): from its
+    byte-order mark, else from where its NUL bytes fall; None for any other text."""
+    marks = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+             (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))  # fmt: skip
+    for mark, name in marks:  # UTF-32's little-endian mark begins with UTF-16's: it goes first
+        if data.startswith(mark):
+            return name
     head = data[:4096]
-    return len(head) >= 16 and max(head[0::2].count(0), head[1::2].count(0)) > len(head) // 4
+    if len(head) < 16:
+        return None
+    for width, name in ((4, "UTF-32"), (2, "UTF-16")):
+        # Western text in a wide encoding: every byte of a character but its lowest is NUL.
+        mostly_nul = [head[k::width].count(0) > len(head) // (2 * width) for k in range(width)]
+        if sum(mostly_nul) == width - 1:
+            return name + ("BE" if mostly_nul[0] else "LE")
+    return None
 
 
-def read_text(path: Path, what: str = "corpus") -> str:
+def read_text(path: Path, what: str = "corpus", max_bytes: int = MAX_CORPUS_BYTES) -> str:
     """A UTF-8 text file as any editor writes it: a leading byte-order mark (Windows editors add
-    one) is dropped, since it is not part of the text; UTF-16 is refused with how to convert it."""
+    one) is dropped, since it is not part of the text; UTF-16 and UTF-32 are refused with how to
+    convert them."""
     reason = unreadable_reason(path)
     if reason is not None:
         raise UserError(f"{what} {path} {reason}")
     try:
+        check_size(path, what, max_bytes)
         data = path.read_bytes()
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror}") from None
-    if looks_utf16(data):
+    encoding = wide_encoding(data)
+    if encoding is not None:
         raise UserError(
-            f"{what} {path} is UTF-16 text; save it as UTF-8 (Notepad: Save As, Encoding UTF-8) "
-            f"or convert it: iconv -f UTF-16 -t UTF-8 {path} > {path.stem}-utf8.txt"
+            f"{what} {path} is {encoding} text; save it as UTF-8 (Notepad: Save As, Encoding "
+            f"UTF-8) or convert it: iconv -f {encoding} -t UTF-8 {path} > {path.stem}-utf8.txt"
         )
     try:
         return data.decode("utf-8-sig")

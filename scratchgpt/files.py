@@ -4,11 +4,13 @@
   umask gives, like any other file you create. A file that must be new is created in the same
   step that checks that the name is free (replace=False), so two writers never both succeed.
 - A path it writes is checked before any work starts: its folder exists (or can be made) and
-  can be written, and it is none of the run's inputs (check_output).
+  can be written, and it is none of the run's inputs (check_output). A path you type that ends
+  in a slash names a folder, and one too long for the file system is refused (user_path).
 - The model shipped with ScratchGPT (pretrained/) is read by every command and written by none.
 - Two runs never write the same checkpoint: the first holds a lock (exclusive_lock) that the
   operating system releases when the process ends, even when it is killed.
 - Temporary files that a killed run left behind are removed by the next run on the same path.
+- Ctrl-C or SIGTERM during a save takes effect when the save ends (signals_held).
 - A checkpoint whose pickle would run code is named as such (pickled_imports).
 - A console that cannot show a character, or that goes away, does not stop a run (setup_console).
 """
@@ -21,6 +23,7 @@ import signal
 import stat
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -68,7 +71,10 @@ def temp_file(path: Path) -> tuple[int, str]:
 def atomic_file(path: Path, replace: bool = True) -> Iterator[BinaryIO]:
     """Write to a temporary file beside path, renamed to path only once the block completes:
     an interrupted write never looks like a finished file, and the old file stays until then.
-    With replace=False, FileExistsError if path exists by then (see commit_new)."""
+    With replace=False, FileExistsError if path exists by then (see commit_new). A link at path
+    stays a link: the file it names is the one replaced."""
+    if replace and path.is_symlink():
+        path = Path(os.path.realpath(path))
     fd, tmp = temp_file(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -111,6 +117,35 @@ def remove_stale_temps(path: Path, keep: list[Path]) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def user_path(text: str, what: str, output_example: str | None = None) -> Path:
+    """A path the user typed, checked before anything touches it. A name longer than the file
+    system takes is one clear error, not errno 36 from the first stat. Given output_example (the
+    path names a file to write), a name ending in a slash names a folder (Path would drop the
+    slash and write a file of that name), and a link to nothing is refused rather than followed
+    to create its target."""
+    path = Path(text)
+    if output_example is not None and text.endswith(("/", os.sep)):
+        raise UserError(
+            f"{what} {text} is a folder; give a file path such as {path / output_example}"
+        )
+    try:
+        os.lstat(path)
+    except OSError as e:
+        if e.errno == errno.ENAMETOOLONG:
+            shown = (
+                text if len(text) <= 60 else f"{text[:40]}... ({len(os.fsencode(text)):,} bytes)"
+            )
+            raise UserError(
+                f"{what} {shown}: the name is longer than the file system allows"
+            ) from None
+    if output_example is not None and path.is_symlink() and not path.exists():
+        raise UserError(
+            f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not exist: "
+            "remove the link, or give another path"
+        )
+    return path
+
+
 def unreadable_reason(path: Path) -> str | None:
     """Why path cannot be read as a file, in a few words; None when it can be."""
     try:
@@ -128,6 +163,14 @@ def unreadable_reason(path: Path) -> str | None:
     if not stat.S_ISREG(mode):  # /dev/zero never ends; a pipe with no writer never answers
         return "is not a regular file (a device, pipe or socket): save the text to a file first"
     return None
+
+
+def check_size(path: Path, what: str, max_bytes: int) -> None:
+    """Refuse a file larger than its reader can hold: a sparse 1 TiB file takes no disk, and
+    reading it would fill the memory before anything could be said."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise UserError(f"{what} {path} is {size:,} bytes, more than the {max_bytes:,} it may be")
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -184,6 +227,26 @@ def check_writable(path: Path, what: str, named_by_user: bool = True) -> None:
         raise UserError(f"cannot write {what} {path}: {e.strerror}") from None
 
 
+@contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM until the block ends, then deliver them: a save they interrupted
+    would end in a traceback from deep inside the writer. Where signals cannot be caught (not the
+    main thread), the block just runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: held.append(signum))
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(held):  # each once, in the order they came
+            signal.raise_signal(sig)
+
+
 def _try_lock(f) -> bool:
     try:
         if fcntl is not None:
@@ -209,6 +272,8 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
     it ends, so a killed run never leaves a path locked for good. The lock file is only opened,
     never written; it is removed afterwards only if this process created it."""
     lock = lock_path(path)
+    if lock.is_symlink():  # opening would create or lock the link's target, and unlink the link
+        raise UserError(f"{lock} is a symbolic link: move it away to use {what} {path}")
     if lock.exists() and not lock.is_file():  # a pipe would block the open below
         raise UserError(f"{lock} is not a regular file: move it away to use {what} {path}")
     while True:
@@ -242,17 +307,24 @@ def exclusive_lock(path: Path, what: str) -> Iterator[None]:
 
 # What torch itself writes into a checkpoint's pickle: anything else it imports is code.
 TORCH_PICKLE_IMPORTS = ("torch.", "collections.OrderedDict", "_codecs.encode", "builtins.set")
+PICKLE_SCAN_BYTES = 64 << 20  # a checkpoint's pickle holds settings and names, not the weights
 
 
 def pickled_imports(path: Path) -> list[str]:
-    """The functions and classes a checkpoint's pickle would import, read without running it."""
+    """The functions and classes a checkpoint's pickle would import, read without running it.
+    Only its first PICKLE_SCAN_BYTES are read: this names what a refused file holds, and a
+    sparse terabyte would not fit in memory."""
     try:
         if zipfile.is_zipfile(path):  # torch.save's format: the pickle is one member
             with zipfile.ZipFile(path) as archive:
                 pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
-                data = archive.read(pickles[0]) if pickles else b""
+                data = b""
+                if pickles:
+                    with archive.open(pickles[0]) as member:
+                        data = member.read(PICKLE_SCAN_BYTES)
         else:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = f.read(PICKLE_SCAN_BYTES)
     except (OSError, zipfile.BadZipFile):
         return []
     imports, strings = [], []
@@ -270,9 +342,10 @@ def pickled_imports(path: Path) -> list[str]:
 
 
 class ForgivingStream:
-    """stdout for a long run: once its reader is gone (closed, or `| head` exited), output is
-    dropped instead of killing the training it reports on. The real file descriptor then points
-    at /dev/null, so that Python's own flush at exit stays quiet too."""
+    """A console stream that may fail: once a write fails (its reader is gone, `| head` exited,
+    the disk under a redirected log is full), output is dropped instead of killing the work it
+    reports on. The real file descriptor then points at /dev/null, so that Python's own flush at
+    exit stays quiet too."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -305,6 +378,10 @@ class ForgivingStream:
     def isatty(self) -> bool:
         return self.stream is not None and self.stream.isatty()
 
+    @property
+    def encoding(self) -> str:  # tqdm draws its bar in Unicode only where the stream takes it
+        return self.stream.encoding if self.stream is not None else "ascii"
+
     def fileno(self) -> int:
         if self.stream is None:
             raise OSError("stdout is gone")
@@ -314,16 +391,20 @@ class ForgivingStream:
 def setup_console(forgive_lost_stdout: bool = True) -> None:
     """For the command line: characters the console cannot show (an emoji on a Windows cp1252
     console) print as '?' instead of raising, SIGTERM unwinds like Ctrl-C (so temporary files are
-    removed), and with forgive_lost_stdout a run outlives a closed stdout or `| head`."""
-    if sys.stdout is None:  # started with stdout closed: keep fd 1 from becoming a data file
-        fd = os.open(os.devnull, os.O_WRONLY)
-        if fd != 1:
-            os.dup2(fd, 1)
-            os.close(fd)
-        sys.stdout = open(1, "w", closefd=False)  # lives as long as the process
+    removed), a failing stderr (closed, or a full disk under `2> log`) silences the progress and
+    the notes rather than the work, and with forgive_lost_stdout a run outlives a closed stdout
+    or `| head`."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:  # started with it closed: keep fd from becoming a data file
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, "w", closefd=False))  # lives as long as the process
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")
+    sys.stderr = ForgivingStream(sys.stderr)
     if forgive_lost_stdout:
         sys.stdout = ForgivingStream(sys.stdout)
     signal.signal(signal.SIGTERM, signal.default_int_handler)

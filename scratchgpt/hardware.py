@@ -285,15 +285,19 @@ def memory_available(device: torch.device) -> int | None:
         return None
 
 
-def check_memory(config, batch_size: int, training: bool, device: torch.device) -> None:
+def check_memory(
+    config, batch_size: int, training: bool, device: torch.device,
+    advice: str = "choose a smaller shape",
+) -> None:  # fmt: skip
     """Refuse, with the figures, a shape that would not fit: allocating it would fail or hang."""
     needed = memory_needed(config, batch_size, training)
     available = memory_available(device)
     if available is not None and needed > available:
+        sequences = "one sequence" if batch_size == 1 else f"{batch_size:,} sequences at once"
         raise UserError(
             f"a model with n_layer {config.n_layer}, n_embd {config.n_embd}, block_size "
-            f"{config.block_size} needs about {needed / 2**30:,.1f} GiB, more than the "
-            f"{available / 2**30:,.1f} GiB of this {device.type}: choose a smaller shape"
+            f"{config.block_size} needs about {needed / 2**30:,.1f} GiB for {sequences}, more "
+            f"than the {available / 2**30:,.1f} GiB of this {device.type}: {advice}"
         )
 
 

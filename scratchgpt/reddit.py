@@ -268,12 +268,31 @@ def volume_paths(path: Path) -> list[Path]:
         return [Path(v) for v in archive.volumelist()]
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while piece := f.read(16 << 20):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def record_sha256(meta: dict) -> str:
+    """The hash of a cache's metadata, but for the hash itself: an edited record shows."""
+    rest = {key: value for key, value in meta.items() if key != "record_sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode("utf-8")).hexdigest()
+
+
 def load_cached(tokens_path: Path, meta_path: Path, source: Path) -> Corpus | None:
-    """The cached corpus, if its build finished (the metadata is written last) and the other
-    volumes of a multi-volume archive are unchanged too."""
+    """The cached corpus, if its build finished (the metadata is written last), neither file
+    was changed since (both are checked by content: an edited vocabulary or token would train a
+    model that nothing can read), and the other volumes of a multi-volume archive are unchanged."""
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("record_sha256") != record_sha256(meta):
+            return None
         if tokens_path.stat().st_size != 2 * meta["num_tokens"]:
+            return None
+        if file_sha256(tokens_path) != meta["tokens_sha256"]:
             return None
         for name, identity in meta["volumes"].items():
             if fingerprint(source.parent / name) != identity:
@@ -318,7 +337,9 @@ def build_cache(
         "coverage": coverage,
         "invalid_bytes": invalid_bytes,
         "skipped": skipped,
+        "tokens_sha256": file_sha256(tokens_path),
     }
+    meta["record_sha256"] = record_sha256(meta)
     with atomic_file(meta_path) as f:
         f.write(json.dumps(meta, indent=1).encode("utf-8"))
 

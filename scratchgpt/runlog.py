@@ -9,32 +9,44 @@ every evaluation. matplotlib is optional: `pip install matplotlib`.
 """
 
 import json
+import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm import tqdm
 
-from scratchgpt.files import UserError, atomic_file, check_not_input, unreadable_reason
+from scratchgpt.files import (
+    UserError,
+    atomic_file,
+    check_not_input,
+    check_size,
+    unreadable_reason,
+)
 
 PLOTTED = ("iter", "train_loss", "val_loss", "elapsed_s")
+MAX_LOGGED = 1e15  # beyond any step, loss or second a run logs; a picture's axis takes it
+MAX_LOG_BYTES = 64 << 20  # a line per evaluation, about 200 bytes: over 300,000 evaluations
 # Written into every picture's PNG metadata: a file without it is not ours to replace.
 PICTURE_MARK = b"ScratchGPT training picture"
 
 
 def is_evaluation(record) -> bool:
-    """A log line with every number a picture needs (not a summary, not a cut or foreign line)."""
+    """A log line with every number a picture needs (not a summary, not a cut or foreign line),
+    each within what a run writes: a 401-digit step or a loss of 1e308 is a damaged line."""
     if not isinstance(record, dict):
         return False
     values = [record.get(key) for key in PLOTTED]
-    return all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+    return all(isinstance(v, (int, float)) and abs(v) <= MAX_LOGGED for v in values)
 
 
 def log_lines(path: Path) -> list[tuple[str, dict]]:
     """Each JSON object of a training log with its line; lines cut short by a kill, or damaged
     (undecodable, not JSON), are skipped."""
     records = []
+    check_size(path, "training log", MAX_LOG_BYTES)
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
@@ -56,10 +68,18 @@ def picture_path(checkpoint: Path | str) -> Path:
 
 
 def append_log(path: Path, record: dict, new: bool = False) -> None:
-    """One line per record; a new log (new=True) is created only if no other program did."""
+    """One line per record; a new log (new=True) is created only if no other program did. A
+    line that cannot be written whole (a full disk) is cut off again: the log always ends at its
+    last whole record, so the same command or --resume continues from it."""
     try:
-        with path.open("x" if new else "a") as f:
-            f.write(json.dumps(record) + "\n")
+        with path.open("xb" if new else "ab", buffering=0) as f:  # nothing buffered to flush
+            end, line = f.tell(), memoryview((json.dumps(record) + "\n").encode("utf-8"))
+            try:
+                while line:  # a write can be partial, as on a disk that fills mid-line
+                    line = line[f.write(line) :]
+            except OSError:
+                os.ftruncate(f.fileno(), end)  # shrinking a file needs no space
+                raise
     except FileExistsError:
         raise UserError(
             f"training log {path} was created by another program while this run trained; "
@@ -85,8 +105,25 @@ def trim_log(path: Path, last_iter: int) -> None:
     if path.exists():
         kept = [line + "\n" for line, record in log_records(path)
                 if record["iter"] <= last_iter and "val_loss" in record]  # fmt: skip
-        with atomic_file(path) as f:  # a kill now leaves the old log, not half of it
-            f.write("".join(kept).encode("utf-8"))
+        try:
+            with atomic_file(path) as f:  # a kill or a full disk leaves the old log whole
+                f.write("".join(kept).encode("utf-8"))
+        except OSError as e:
+            raise UserError(
+                f"cannot rewrite the training log {path}: {e.strerror}; it is unchanged, and "
+                "the same command continues once this is mended"
+            ) from None
+
+
+def set_aside(log: Path) -> Path:
+    """Rename log (run.pt.jsonl) to the first free run.pt.earlier-N.jsonl, and return that."""
+    n = 1
+    while True:
+        aside = log.with_name(f"{run_name(log)}.earlier-{n}.jsonl")
+        if not aside.exists() and not aside.is_symlink():
+            log.rename(aside)
+            return aside
+        n += 1
 
 
 def read_log(path: Path) -> list[dict]:
@@ -98,9 +135,17 @@ def run_name(log: Path) -> str:
     return log.name.removesuffix(".jsonl")
 
 
+def shown_name(log: Path) -> str:
+    """run_name as a picture can print it: a name in no UTF-8 gets U+FFFD for its odd bytes."""
+    return os.fsencode(run_name(log)).decode("utf-8", errors="replace")
+
+
 def draw_runs(logs: list[Path], out: Path) -> None:
     """Train and validation loss against steps (left) and validation loss against minutes
     (right), one colour per run, each run's best validation loss marked."""
+    # Where HOME is read-only, matplotlib caches in a temporary folder, which works, and warns
+    # about it at every import: the picture is drawn either way.
+    logging.getLogger("matplotlib").setLevel(logging.ERROR)
     from matplotlib.figure import Figure  # no pyplot: no window, no global state
 
     figure = Figure(figsize=(11, 4.2), layout="constrained")
@@ -109,7 +154,7 @@ def draw_runs(logs: list[Path], out: Path) -> None:
         records = read_log(log)
         if not records:
             continue
-        color, name = f"C{i}", run_name(log)
+        color, name = f"C{i}", shown_name(log)
         steps = [r["iter"] for r in records]
         minutes = [r["elapsed_s"] / 60 for r in records]
         val = [r["val_loss"] for r in records]

@@ -21,11 +21,16 @@ import torch
 import bigram
 from bigram import ARCHITECTURES, PRESETS, TrainConfig
 from scratchgpt import checkpoint, corpus, files, hardware, machine, reddit, runlog
-from scratchgpt.cli import add_flags, check_seed, flag, flag_fields
+from scratchgpt.cli import add_flags, check_seed, flag, flag_fields, typed_flag
 from scratchgpt.files import UserError
 
 # The settings a trained model fixes: --resume and --init-from refuse to change them.
 MODEL_SHAPE = ("model", *(f.name for f in fields(bigram.GPTConfig) if f.metadata.get("shape")))
+# What --resume continues as it was saved: another value would be another run.
+KEPT_ON_RESUME = {
+    **dict.fromkeys((*MODEL_SHAPE, "optimizer"), "the saved model's shape and optimizer"),
+    **dict.fromkeys(("dataset", "clean", "max_vocab"), "the corpus as the saved run read it"),
+}
 MAX_SAMPLE_CHARS = 100_000  # a sample at each evaluation: longer would cost more than training
 # What the shape table's runs fix (machine.py): a run given any of them trains its own shape.
 TABLE_RECIPE = ("model", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
@@ -61,13 +66,11 @@ def make_config(args: argparse.Namespace, device: torch.device, saved: dict | No
     if saved is not None:
         if "preset" in given:
             raise UserError("--resume continues the saved settings; drop --preset")
-        for name in (*MODEL_SHAPE, "optimizer"):
+        for name, kept in KEPT_ON_RESUME.items():
             value = given.get(name, arch.get(name))
             if value is not None and value != saved.get(name):
-                which = flag(name) if name in given else "--arch"
-                raise UserError(
-                    f"--resume keeps the saved model's shape and optimizer; drop {which}"
-                )
+                which = typed_flag(name, value) if name in given else "--arch"
+                raise UserError(f"--resume keeps {kept}; drop {which}")
         return new_config({**saved, **arch, **given})  # --arch's schedule applies
     preset = given.get("preset") or default_preset(device)
     config = new_config({**PRESETS[preset], **arch, **given, "preset": preset})
@@ -149,15 +152,16 @@ def load_corpus(config: TrainConfig) -> corpus.Corpus:
 
 
 def corpus_path(dataset: str, data: str | None) -> Path:
-    """--data, or the dataset's file in data/."""
-    return Path(data) if data else corpus.DATASET_FILES[dataset]
+    """--data, or the dataset's file in data/, as an absolute path: the checkpoint records it,
+    and --resume from another folder must find the same file."""
+    return files.user_path(data, "--data").absolute() if data else corpus.DATASET_FILES[dataset]
 
 
 def checkpoint_path(args: argparse.Namespace) -> Path:
     """--out, or checkpoints/<dataset>.pt; a fine-tuned model is named after its corpus and its
     starting point (checkpoints/mytext-from-shakespeare.pt), never after the model it came from."""
     if args.out:
-        return Path(args.out)
+        return files.user_path(args.out, "--out", output_example="run.pt")
     dataset = args.dataset or TrainConfig.dataset
     if args.init_from:
         data = corpus_path(dataset, args.data)
@@ -208,10 +212,13 @@ def check_paths(config: TrainConfig, resume: bool) -> None:
         raise UserError(
             f"{out} exists: continue it with --resume --out {out}, or train into another --out"
         )
-    if log.exists() or log.is_symlink():
+    if log.is_symlink() or (log.exists() and not runlog.is_training_log(log)):
         raise UserError(
-            f"{log} exists (the log of an earlier run): remove it, or use another --out"
+            f"{log} exists and is not a training log: move it away, or use another --out"
         )
+    if log.exists():  # its checkpoint was deleted: the user starts again, the record is kept
+        aside = runlog.set_aside(log)
+        print(f"{log}: the log of a run whose checkpoint is gone, kept as {aside}", file=sys.stderr)
 
 
 def warn_ignored_flags(args: argparse.Namespace, config: TrainConfig) -> None:
@@ -231,7 +238,10 @@ def warn_ignored_flags(args: argparse.Namespace, config: TrainConfig) -> None:
 def load_resumable(out: Path) -> dict:
     """The checkpoint --resume continues, with its training state checked before it is used."""
     if files.unreadable_reason(out) == "not found":
-        raise UserError(f"--resume: there is no checkpoint at {out} to continue")
+        raise UserError(
+            f"--resume: there is no checkpoint at {out} to continue; without --resume a new "
+            "run starts there"
+        )
     saved = checkpoint.load_checkpoint(out)
     checkpoint.check_resumable(saved, out, TrainConfig)
     checkpoint.model_config(saved, out, bigram.GPTConfig, bigram.MODEL_TYPES)

@@ -65,6 +65,14 @@ def test_truncated_or_corrupt_checkpoint_is_a_clear_error(tmp_path, damage):
         load_checkpoint(path)
 
 
+def test_a_sparse_terabyte_checkpoint_is_a_clear_error_not_a_memory_error(tmp_path):
+    path = tmp_path / "huge.pt"
+    with path.open("wb") as f:
+        f.truncate(1 << 40)  # no disk taken; read whole, it would fill the memory
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_checkpoint(path)
+
+
 def test_a_file_that_is_not_a_checkpoint_is_a_clear_error(tmp_path):
     torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not a ScratchGPT checkpoint"):

@@ -7,7 +7,7 @@ import pytest
 
 import bigram
 from scratchgpt import train_cli
-from scratchgpt.cli import MAX_SEED, add_flags, check_seed
+from scratchgpt.cli import MAX_INT, MAX_SEED, add_flags, check_seed, typed_flag
 from scratchgpt.files import UserError
 
 
@@ -40,6 +40,26 @@ def test_a_value_outside_the_choices_is_refused(capsys):
     with pytest.raises(SystemExit):
         parse("--norm", "batch")
     assert "invalid choice: 'batch'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["1" * 401, str(MAX_INT + 1), str(-MAX_INT - 1)])
+def test_a_number_beyond_64_bits_is_refused_as_the_flag_is_read(capsys, value):
+    with pytest.raises(SystemExit):
+        parse("--n-layer", value)
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert "argument --n-layer" in error and f"is beyond {MAX_INT:,}" in error
+    assert parse("--n-layer", str(MAX_INT)).n_layer == MAX_INT
+
+
+def test_a_number_that_is_not_one_is_named(capsys):
+    with pytest.raises(SystemExit):
+        parse("--n-layer", "four")
+    assert "argument --n-layer: invalid int value: 'four'" in capsys.readouterr().err
+
+
+def test_a_switch_turned_off_is_named_as_typed():
+    assert typed_flag("rope", False) == "--no-rope" and typed_flag("rope", True) == "--rope"
+    assert typed_flag("n_embd", 0) == "--n-embd"
 
 
 def test_every_model_setting_is_a_flag_of_bigram_py():

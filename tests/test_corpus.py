@@ -35,11 +35,21 @@ def test_windows_line_ends_become_newlines_unless_the_text_is_kept_as_is(tmp_pat
     assert corpus.decode(raw.tokens, raw.vocab) == "one\r\ntwo\rthree\n"
 
 
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be"])
-def test_utf16_text_is_refused_with_how_to_convert_it(tmp_path, encoding):
-    (tmp_path / "win.txt").write_bytes("Notepad's 'Unicode' text\n".encode(encoding) * 20)
-    with pytest.raises(UserError, match="is UTF-16 text; save it as UTF-8 .* iconv -f UTF-16"):
+@pytest.mark.parametrize(
+    "encoding, name",
+    [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE"),
+     ("utf-32", "UTF-32"), ("utf-32-le", "UTF-32LE"), ("utf-32-be", "UTF-32BE")],
+)  # fmt: skip
+def test_wide_text_is_refused_with_the_conversion_that_reads_it(tmp_path, encoding, name):
+    text = "Notepad's 'Unicode' text\n" * 20
+    (tmp_path / "win.txt").write_bytes(text.encode(encoding))
+    with pytest.raises(UserError, match=f"is {name} text; save it as UTF-8 .* iconv -f {name} "):
         corpus.load_text_corpus(tmp_path / "win.txt")
+    # What the suggested `iconv -f NAME -t UTF-8` writes (Python's codecs take iconv's names).
+    wide = (tmp_path / "win.txt").read_bytes()
+    (tmp_path / "utf8.txt").write_text(wide.decode(name), encoding="utf-8")
+    converted = corpus.load_text_corpus(tmp_path / "utf8.txt")
+    assert corpus.decode(converted.tokens, converted.vocab) == text
 
 
 def test_adopting_a_vocabulary_keeps_its_ids_and_appends_new_characters():

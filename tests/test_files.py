@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -14,9 +15,12 @@ from scratchgpt.files import (
     UserError,
     atomic_file,
     check_output,
+    check_size,
     exclusive_lock,
     remove_stale_temps,
+    signals_held,
     unreadable_reason,
+    user_path,
 )
 
 
@@ -157,3 +161,59 @@ def test_a_lock_file_this_process_created_is_removed_afterwards(tmp_path):
     with exclusive_lock(tmp_path / "run.pt", "checkpoint"):
         assert (tmp_path / "run.pt.lock").exists()
     assert not (tmp_path / "run.pt.lock").exists()
+
+
+@pytest.mark.parametrize("name", ["n" * 300, "/".join(["folder"] * 700)])  # 300 bytes; 4,900
+def test_a_name_too_long_for_the_file_system_is_one_clear_error(tmp_path, name):
+    with pytest.raises(UserError, match="--out .*: the name is longer than the file system allows"):
+        user_path(str(tmp_path / name), "--out", output_example="run.pt")
+
+
+def test_a_name_ending_in_a_slash_is_a_folder_not_a_file(tmp_path):
+    with pytest.raises(
+        UserError, match="--out runs/ is a folder; give a file path such as runs/run.pt"
+    ):
+        user_path("runs/", "--out", output_example="run.pt")
+    assert user_path("runs/", "--data") == Path("runs")  # an input: its reader says what it is
+
+
+def test_an_output_that_is_a_link_to_nothing_is_refused(tmp_path):
+    (tmp_path / "sample.txt").symlink_to(tmp_path / "gone" / "target.txt")
+    with pytest.raises(UserError, match="symbolic link to .*target.txt, which does not exist"):
+        user_path(str(tmp_path / "sample.txt"), "--output", output_example="sample.txt")
+    assert not (tmp_path / "gone").exists()
+
+
+def test_a_sparse_terabyte_is_refused_by_its_size_before_it_is_read(tmp_path):
+    huge = tmp_path / "huge.txt"
+    with huge.open("wb") as f:
+        f.truncate(1 << 40)  # takes no disk
+    with pytest.raises(UserError, match=f"corpus {huge} is 1,099,511,627,776 bytes, more than"):
+        check_size(huge, "corpus", 4 << 30)
+
+
+def test_a_signal_during_a_save_takes_effect_when_the_save_ends(tmp_path):
+    done, before = [], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered at once
+            done.append("the rest of the save")
+    assert done == ["the rest of the save"]
+    assert signal.getsignal(signal.SIGINT) is before  # restored
+
+
+def test_a_lock_name_that_is_a_link_is_refused_and_kept(tmp_path):
+    lock = tmp_path / "run.pt.lock"
+    lock.symlink_to(tmp_path / "nowhere" / "target")
+    with pytest.raises(UserError, match="run.pt.lock is a symbolic link: move it away"):
+        with exclusive_lock(tmp_path / "run.pt", "checkpoint"):
+            pass
+    assert lock.is_symlink() and not (tmp_path / "nowhere").exists()
+
+
+def test_a_write_through_a_link_replaces_the_file_it_names_and_keeps_the_link(tmp_path):
+    (tmp_path / "real.pt").write_text("old")
+    (tmp_path / "run.pt").symlink_to("real.pt")
+    with atomic_file(tmp_path / "run.pt") as f:
+        f.write(b"new")
+    assert (tmp_path / "run.pt").is_symlink() and (tmp_path / "real.pt").read_text() == "new"

@@ -11,7 +11,7 @@ from support import REPO, TINY_RUN, assert_clean_error, main_error, run_script, 
 
 import bigram
 import MODEL
-from scratchgpt import hardware, machine
+from scratchgpt import hardware, machine, shipped
 from scratchgpt.checkpoint import load_checkpoint
 
 
@@ -178,7 +178,7 @@ def test_text_the_console_cannot_show_is_replaced_not_fatal(tmp_path):
         (lambda c: c["model_args"].update(n_layer="2"), "n_layer should be int"),
         (lambda c: c.update(vocab="abc"), "vocabulary is not a list of characters"),
         (lambda c: c["vocab"].pop(), "vocabulary has"),
-        (lambda c: c["model_args"].update(n_layer=10**9), "GiB, more than the"),
+        (lambda c: c["model_args"].update(n_layer=10**9), "GiB for one sequence, more than the"),
     ],
 )
 def test_checkpoints_that_load_but_are_wrong_are_one_line_errors(
@@ -282,3 +282,41 @@ def test_where_bf16_is_emulated_generation_keeps_float32_untimed(checkpoint, mon
     never_timed = lambda m, batch: pytest.fail("timed")
     picked, why = hardware.generation_weights(model, "auto", never_timed)
     assert next(picked.parameters()).dtype == torch.float32 and why is None
+
+
+def test_an_output_ending_in_a_slash_is_a_folder(checkpoint, tmp_path, capsys):
+    argv = ["--checkpoint", str(checkpoint), "--num-tokens", "5", "--output", f"{tmp_path}/out/"]
+    line = main_error(MODEL.main, argv, capsys)
+    assert "is a folder; give a file path such as" in line and not (tmp_path / "out").exists()
+
+
+def test_an_output_name_too_long_for_the_file_system_is_one_line(checkpoint, tmp_path, capsys):
+    argv = ["--checkpoint", str(checkpoint), "--output", str(tmp_path / ("x" * 300))]
+    assert "longer than the file system allows" in main_error(MODEL.main, argv, capsys)
+
+
+def test_samples_whose_caches_do_not_fit_are_refused_before_generating(capsys):
+    # Within the character limit (10M), yet a KV cache each: the shipped model's 10M caches
+    # (4 layers of 128 x 256 keys and values) take about 10 TB.
+    argv = [
+        "--checkpoint",
+        str(shipped.MODEL_PATH),
+        "--num-samples",
+        "10000000",
+        "--num-tokens",
+        "1",
+    ]
+    line = main_error(MODEL.main, argv, capsys)
+    assert "10,000,000 sequences at once" in line and "ask for fewer --num-samples" in line
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs Linux's /dev/full")
+def test_a_full_standard_output_is_one_line_not_a_traceback(checkpoint):
+    argv = [sys.executable, str(REPO / "MODEL.py"), "--checkpoint", str(checkpoint)]
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([*argv, "--num-tokens", "50"], stdout=full, stderr=subprocess.PIPE,
+                                text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == ["error: standard input or output failed: No space left on device"]
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr

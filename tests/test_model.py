@@ -193,6 +193,18 @@ def test_top_p_keeps_only_the_nucleus():
     assert picks == {0, 1}  # 0.5 + 0.3 reaches 0.75; the tail is never drawn
 
 
+@pytest.mark.parametrize("settings", [dict(temperature=1e-40), dict(top_p=1e-320),
+                                      dict(temperature=1e-40, top_p=1e-320, top_k=2)])  # fmt: skip
+def test_the_smallest_settings_still_give_a_distribution(settings):
+    # Below float32's range a temperature or top-p is 0 once converted: each must still mean
+    # "the likeliest", never inf or nan probabilities.
+    logits = torch.tensor([[0.1, 3.0, 0.2, 2.9], [5.0, 0.0, 0.0, 0.0]])
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(
+        sample_next(logits, generator=generator, **settings), torch.tensor([[1], [0]])
+    )
+
+
 def test_cached_generation_works_with_a_one_character_context():
     torch.manual_seed(0)
     model = GPTLanguageModel(GPTConfig(**{**vars(CONFIG), "block_size": 1})).eval()

@@ -365,6 +365,29 @@ def test_changed_settings_or_archive_rebuild(tmp_path, capsys):
     assert len(cache_files(tmp_path)) == 8  # one token file and one metadata file per build
 
 
+@pytest.mark.parametrize("edit", ["vocabulary", "tokens"])
+def test_an_edited_cache_is_built_again(tmp_path, capsys, edit):
+    # Edited by hand or damaged on disk, a cache must not train a model nothing can read.
+    path = tmp_path / "comments.txt"
+    path.write_bytes(b"the first comment\n\nand the second\n")
+    first = load(path, tmp_path)
+    first_tokens = np.array(first.tokens)  # a copy: the memory map would show the edit
+    meta_path = next((tmp_path / "cache").glob("*.json"))
+    tokens_path = meta_path.with_suffix(".tokens")
+    if edit == "vocabulary":
+        meta = json.loads(meta_path.read_text())
+        meta["vocab"][1] = "Z"
+        meta_path.write_text(json.dumps(meta))
+    else:
+        tokens = bytearray(tokens_path.read_bytes())
+        tokens[0:2] = (60000).to_bytes(2, "little")  # an id past the vocabulary, same size
+        tokens_path.write_bytes(bytes(tokens))
+    capsys.readouterr()
+    again = load(path, tmp_path)
+    assert "preparing" in capsys.readouterr().out
+    assert again.vocab == first.vocab and np.array_equal(again.tokens, first_tokens)
+
+
 def test_interrupted_build_is_not_reused(tmp_path, monkeypatch, capsys):
     path = tmp_path / "a.rar"
     write_rar(path, [("a.txt", b"some text\n" * 100)])
