@@ -30,7 +30,7 @@ from scratchgpt.files import (
 # rare for a training run to learn, and become one symbol (docs/reddit.md has the counts).
 DEFAULT_MAX_VOCAB = 256
 
-CHUNK_BYTES = 4 << 20  # read a few MB at a time: big enough for numpy, small enough for memory
+CHUNK_BYTES = 1 << 20  # a few copies of one chunk are in flight at a time, whatever the corpus size
 SNIFF_BYTES = 8192  # how much of a member decides whether it is text
 REPLACEMENT = "\ufffd"  # stands for invalid UTF-8 bytes and for characters outside the vocabulary
 INVALID_BYTES = slice(0xDC80, 0xDD00)  # the lone surrogates "surrogateescape" decodes them to
@@ -271,7 +271,7 @@ def volume_paths(path: Path) -> list[Path]:
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
-        while piece := f.read(16 << 20):
+        while piece := f.read(CHUNK_BYTES):
             digest.update(piece)
     return digest.hexdigest()
 

@@ -9,6 +9,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -494,3 +495,23 @@ def test_a_cache_folder_that_is_a_file_is_a_clear_error(tmp_path):
 )
 def test_the_first_volume_is_named_as_the_user_numbers_volumes(given, first):
     assert reddit.first_volume(Path(given)) == first
+
+
+def test_preparing_takes_the_same_memory_for_a_corpus_four_times_larger(tmp_path, monkeypatch):
+    # Python's own allocations, traced: a streamed build holds a few chunks, never the corpus.
+    monkeypatch.setattr(reddit, "CHUNK_BYTES", 64 << 10)
+    comment = "a comment with an emoji 🙂 &amp; [deleted]\n\n[deleted]\n\nand a reply\n\n"
+    peaks = []
+    for copies in (16_000, 64_000):  # about 1 and 4 MB, as wide as 4 bytes a character in Python
+        path = tmp_path / f"comments-{copies}.txt"
+        path.write_text(comment * copies, encoding="utf-8")
+        tracemalloc.start()
+        try:
+            built = load(path, tmp_path)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+        assert len(built.tokens) > copies * 40
+    # 3 MB more text, 6 MB more tokens: less than one chunk more memory (the code-point tables
+    # of 9 and 2 MB are the same for both)
+    assert peaks[1] - peaks[0] < reddit.CHUNK_BYTES, peaks
