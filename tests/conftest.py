@@ -1,6 +1,8 @@
 """Fixtures shared by the test files."""
 
 import os
+import shutil
+import subprocess
 
 import pytest
 from support import TINY_RUN, write_corpus
@@ -33,3 +35,21 @@ def play_model(tmp_path_factory):
     flags = ["--max-iters", "60", "--eval-interval", "60", "--lr", "3e-2", "--warmup-iters", "2"]
     assert bigram.main(["--data", str(corpus), "--out", str(out), *flags, *TINY_RUN]) == 0
     return out
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real file system of 64 KiB (a tmpfs), to fill as a disk fills. Mounting needs root: the
+    tests that use it are skipped elsewhere, and simulate the same failure beside it."""
+    if os.name != "posix" or os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root on Linux")
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount = ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)]
+    result = subprocess.run(mount, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)

@@ -74,3 +74,19 @@ def main_error(main, argv: list[str], capsys) -> str:
     assert code != 0 and len(errors) == 1 and "Traceback" not in stderr, stderr
     assert stderr.rstrip().endswith(errors[0])  # the last word, after any progress bar
     return errors[0]
+
+
+def fill(folder: Path) -> None:
+    """Take every free byte of folder's file system with one file."""
+    with open(folder / "filler", "wb", buffering=0) as f:
+        for block in (4096, 1):
+            try:
+                while f.write(b"x" * block):
+                    pass
+            except OSError:
+                pass
+
+
+def grow(folder: Path) -> None:
+    """Give the small_disk fixture's file system room again, as a user frees space."""
+    subprocess.run(["mount", "-o", "remount,size=16m", str(folder)], check=True)

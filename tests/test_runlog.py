@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from support import REPO, main_error
+from support import REPO, fill, main_error
 
 import bigram
 from scratchgpt import runlog
@@ -60,6 +60,28 @@ def test_a_log_line_that_does_not_fit_is_cut_off_again(tmp_path):
     assert "cannot write the training log" in result.stdout, result.stderr
     assert log.read_text() == before  # ends at its last whole record: --resume reads it
     assert runlog.is_training_log(log)
+
+
+def test_a_log_line_on_a_full_file_system_is_cut_off_again(small_disk):
+    # Real: a tmpfs filled to its last byte; the line needs a page more than the log has.
+    log = small_disk / "run.pt.jsonl"
+    runlog.append_log(log, {"iter": 10, "val_loss": 2.0}, new=True)
+    before = log.read_text()
+    fill(small_disk)
+    with pytest.raises(UserError, match="cannot write the training log .*No space left"):
+        runlog.append_log(log, {"iter": 20, "val_loss": 1.5, "note": "x" * 5000})
+    assert log.read_text() == before and runlog.is_training_log(log)
+
+
+def test_a_log_that_cannot_be_rewritten_on_a_full_file_system_is_kept(small_disk):
+    log = small_disk / "run.pt.jsonl"
+    log.write_text('{"iter": 5, "val_loss": 2.0}\n{"iter": 10, "val_loss": 1.9}\n' * 200)
+    before = log.read_text()
+    fill(small_disk)
+    with pytest.raises(UserError, match="cannot rewrite the training log .* it is unchanged"):
+        runlog.trim_log(log, 5)
+    assert log.read_text() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler", "run.pt.jsonl"]  # no copy
 
 
 def test_a_log_that_cannot_be_rewritten_on_resume_is_one_clear_error(tmp_path, monkeypatch):

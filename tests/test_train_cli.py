@@ -18,6 +18,8 @@ from support import (
     TINY_MODEL,
     TINY_RUN,
     assert_clean_error,
+    fill,
+    grow,
     main_error,
     make_checkout,
     run_script,
@@ -590,6 +592,21 @@ def test_a_first_save_on_a_full_disk_does_not_speak_of_a_previous_checkpoint(
     monkeypatch.setattr(torch, "save", full_disk)
     line = main_error(bigram.main, in_process(tmp_path, "--data", str(corpus_in(tmp_path))), capsys)
     assert "nothing was written there" in line and not (tmp_path / "run.pt").exists()
+
+
+def test_a_full_file_system_on_the_first_save_and_the_same_command_once_there_is_room(
+    tmp_path, small_disk, capsys
+):
+    # Real: the checkpoint's folder is a tmpfs filled to its last byte, then given room again.
+    argv = ["--out", str(small_disk / "run.pt"), *TRAIN, "--data", str(corpus_in(tmp_path))]
+    fill(small_disk)
+    line = main_error(bigram.main, argv, capsys)
+    assert "No space left" in line and "nothing was written there" in line
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no temporary file either
+    grow(small_disk)
+    assert bigram.main(argv) == 0
+    assert load_checkpoint(small_disk / "run.pt")["iter"] == 2
+    assert runlog.is_training_log(small_disk / "run.pt.jsonl")
 
 
 @pytest.mark.parametrize("flag", ["--no-clean", "--clean", "--dataset=reddit", "--no-rope"])
