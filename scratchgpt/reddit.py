@@ -228,18 +228,19 @@ def choose_vocab(counts: np.ndarray, max_vocab: int) -> tuple[list[str], float]:
     return [chr(c) for c in kept], counts[kept].sum() / counts.sum()
 
 
-def write_tokens(pieces: Iterable[str], vocab: list[str], f: BinaryIO) -> int:
+def write_tokens(pieces: Iterable[str], vocab: list[str], f: BinaryIO) -> tuple[int, str]:
     """Write each character's id as uint16, through a lookup table indexed by code point: what
     is not in the vocabulary (rare characters, invalid bytes) becomes REPLACEMENT. Returns the
-    number of tokens written."""
+    number of tokens written and the SHA-256 of the bytes written, as file_sha256 would give."""
     lookup = np.full(0x110000, vocab.index(REPLACEMENT) if REPLACEMENT in vocab else 0, np.uint16)
     lookup[[ord(c) for c in vocab]] = np.arange(len(vocab))
-    written = 0
+    written, digest = 0, hashlib.sha256()
     for piece in pieces:
-        ids = lookup[code_points(piece)]
-        f.write(ids.tobytes())
-        written += len(ids)
-    return written
+        ids = lookup[code_points(piece)].tobytes()
+        f.write(ids)
+        digest.update(ids)
+        written += len(ids) // 2
+    return written, digest.hexdigest()
 
 
 # -----------------------------------------------------------------------------
@@ -325,7 +326,7 @@ def build_cache(
         f"of {total:,}" + (f"; the rest become {REPLACEMENT}" if coverage < 1 else "")
     )
     with read_errors(path), atomic_file(tokens_path) as f:
-        written = write_tokens(cleaned(source_texts(path, []), steps), vocab, f)
+        written, tokens_sha256 = write_tokens(cleaned(source_texts(path, []), steps), vocab, f)
         if written != total:
             raise UserError(f"{path} changed while it was being read; run again")
     meta = {
@@ -337,7 +338,7 @@ def build_cache(
         "coverage": coverage,
         "invalid_bytes": invalid_bytes,
         "skipped": skipped,
-        "tokens_sha256": file_sha256(tokens_path),
+        "tokens_sha256": tokens_sha256,
     }
     meta["record_sha256"] = record_sha256(meta)
     with atomic_file(meta_path) as f:
