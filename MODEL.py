@@ -5,6 +5,7 @@
     python MODEL.py --chat JULIET --as ROMEO          # talk with a character
     python MODEL.py --dataset reddit                  # the Reddit model
     python MODEL.py -i                                # type prompts, one continuation each
+    python MODEL.py --checkpoint a.pt b.pt c.pt       # three models as one (an ensemble)
 
 Without --checkpoint it reads your own checkpoints/<dataset>.pt, or for Shakespeare, until you
 train one, the model shipped in pretrained/.
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from bigram import default_prompt, generate_tokens, model_from_checkpoint
-from scratchgpt import chat, checkpoint, files, hardware, shipped
+from scratchgpt import chat, checkpoint, ensemble, files, hardware, shipped
 from scratchgpt.cli import MAX_CHARS, check_seed
 from scratchgpt.corpus import DATASET_FILES, decode, encode, normalize_newlines, read_text
 from scratchgpt.files import UserError
@@ -34,8 +35,9 @@ from scratchgpt.interactive import check_interactive, interactive
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Generate text with a trained ScratchGPT model.")
-    p.add_argument("--checkpoint", type=Path,
-                   help="default: checkpoints/<dataset>.pt, else the shipped model")  # fmt: skip
+    p.add_argument("--checkpoint", type=Path, nargs="+", metavar="CHECKPOINT",
+                   help="default: checkpoints/<dataset>.pt, else the shipped model; several: "
+                   "an ensemble, their probabilities averaged")  # fmt: skip
     p.add_argument("--dataset", choices=DATASET_FILES, default="shakespeare")
     p.add_argument("--num-tokens", type=int, help="characters to generate (default 4000; --chat: "
                    f"the most a reply writes, default {chat.REPLY_CAP})")  # fmt: skip
@@ -84,14 +86,14 @@ def check_args(args: argparse.Namespace) -> None:
     check_seed(args.seed)
 
 
-def checkpoint_to_load(args: argparse.Namespace) -> Path:
+def checkpoints_to_load(args: argparse.Namespace) -> list[Path]:
     """--checkpoint; else your own model of the dataset, or the shipped one until you train it."""
     if args.checkpoint:
         return args.checkpoint
     own = checkpoint.default_path(args.dataset)
     if args.dataset == "shakespeare" and files.unreadable_reason(own) == "not found":
-        return shipped.MODEL_PATH
-    return own
+        return [shipped.MODEL_PATH]
+    return [own]
 
 
 def check_output_file(args: argparse.Namespace) -> None:
@@ -99,7 +101,8 @@ def check_output_file(args: argparse.Namespace) -> None:
     output = args.output = files.user_path(args.output, "--output", output_example="sample.txt")
     if not output.parent.is_dir():
         raise UserError(f"--output: folder {output.parent} does not exist")
-    inputs = {"the checkpoint": checkpoint_to_load(args)}
+    paths = checkpoints_to_load(args)
+    inputs = {"the checkpoint" if len(paths) == 1 else f"the checkpoint {p}": p for p in paths}
     if args.prompt_file is not None:
         inputs["the prompt file"] = args.prompt_file
     files.check_output(output, "--output", inputs)
@@ -121,20 +124,33 @@ def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
 
 
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.device]:
-    """The checkpoint's model, ready to sample on the chosen device, and its vocabulary."""
+    """The checkpoint's model (several checkpoints: their ensemble), ready to sample on the
+    chosen device, and its vocabulary."""
     device = hardware.resolve_device(args.device)
-    path = checkpoint_to_load(args)
-    if files.unreadable_reason(path) == "not found":
-        train = f"python bigram.py --dataset {args.dataset}"
-        if args.checkpoint:
-            train += f" --out {path}"
-        raise UserError(f"checkpoint {path} not found; train one first with: {train}")
-    saved = checkpoint.load_checkpoint(path, device)
-    model = model_from_checkpoint(saved, device, path).eval()
+    paths = checkpoints_to_load(args)
+    models, vocab = [], None
+    for path in paths:
+        if files.unreadable_reason(path) == "not found":
+            train = f"python bigram.py --dataset {args.dataset}"
+            if args.checkpoint:
+                train += f" --out {path}"
+            raise UserError(f"checkpoint {path} not found; train one first with: {train}")
+        saved = checkpoint.load_checkpoint(path, device)
+        if vocab is not None and saved["vocab"] != vocab:
+            raise UserError(
+                f"{path} and {paths[0]} know different characters: the models of an ensemble "
+                "must share a vocabulary (train them on the same text)"
+            )
+        models.append(model_from_checkpoint(saved, device, path).eval())
+        vocab = saved["vocab"]
     if not args.checkpoint:  # say which of the two defaults it is
-        whose = "shipped with ScratchGPT" if path == shipped.MODEL_PATH else "your own"
-        print(f"model: {path} ({whose}; --checkpoint picks another)", file=sys.stderr)
-    return model, saved["vocab"], device
+        whose = "shipped with ScratchGPT" if paths[0] == shipped.MODEL_PATH else "your own"
+        print(f"model: {paths[0]} ({whose}; --checkpoint picks another)", file=sys.stderr)
+    if len(models) == 1:
+        return models[0], vocab, device
+    print(f"ensemble: {len(models)} models, each character drawn from the mean of their "
+          "probabilities", file=sys.stderr)  # fmt: skip
+    return ensemble.Ensemble(models), vocab, device
 
 
 def fast_weights(args: argparse.Namespace, model: nn.Module, device: torch.device) -> nn.Module:
@@ -167,8 +183,9 @@ def generate(args: argparse.Namespace) -> None:
         check_output_file(args)
     model, vocab, device = load_model(args)
     # Each sample keeps its own KV cache: together they may not fit where one does.
-    hardware.check_memory(model.config, args.num_samples, training=False, device=device,
-                          advice="ask for fewer --num-samples")  # fmt: skip
+    for member in ensemble.members(model):
+        hardware.check_memory(member.config, args.num_samples, training=False, device=device,
+                              advice="ask for fewer --num-samples")  # fmt: skip
     prompt = read_prompt(args, vocab)
     try:
         prompt_ids = torch.from_numpy(encode(prompt, vocab).astype("int64"))
@@ -287,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
             check_interactive(args)
             model, vocab, device = load_model(args)
             model = fast_weights(args, model, device)
-            interactive(args, model, vocab, device, checkpoint_to_load(args))
+            names = ", ".join(str(path) for path in checkpoints_to_load(args))
+            interactive(args, model, vocab, device, names)
         else:
             generate(args)
     except UserError as e:

@@ -235,6 +235,10 @@ class GPTLanguageModel(nn.Module):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
+    def new_kv_cache(self, batch_size: int, device) -> KVCache:
+        """An empty cache for generation, in the dtype attention reads (hardware.cache_dtype)."""
+        return KVCache(self.config, batch_size, device, hardware.cache_dtype(self))
+
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         """Logits for every position of idx (B, T); the loss too when targets are given.
 
@@ -275,6 +279,10 @@ class BigramLanguageModel(nn.Module):
         self.config = config
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
         nn.init.normal_(self.logits_table.weight, std=0.02)  # start near uniform: loss ln(vocab)
+
+    def new_kv_cache(self, batch_size: int, device) -> KVCache:
+        """Generation's cache, of which the bigram uses only the count of positions (forward)."""
+        return KVCache(self.config, batch_size, device, hardware.cache_dtype(self))
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         logits = self.logits_table(idx)
@@ -367,8 +375,7 @@ def generate_tokens(
             logits, _ = model(context[:, -block_size:])
         elif cache is None or (cache.length == cache.capacity and not rolling):
             keep = block_size if cache is None else max(1, block_size // 2)
-            dtype = hardware.cache_dtype(model)
-            cache = KVCache(model.config, context.shape[0], context.device, dtype)
+            cache = model.new_kv_cache(context.shape[0], context.device)
             logits, _ = model(context[:, -keep:], kv_cache=cache)
         else:
             with hardware.matrix_vector_kernels(model, context.shape[0]):
