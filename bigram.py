@@ -35,9 +35,14 @@ from scratchgpt.hardware import autocast
 # The model
 
 
-def setting(default: object, help: str, choices: tuple | None = None, shape: bool = False):
-    """A config field with its --flag's help; shape: the setting is fixed once a model trains."""
-    return field(default=default, metadata={"help": help, "choices": choices, "shape": shape})
+def setting(
+    default: object, help: str, choices: tuple | None = None, shape: bool = False,
+    many: bool = False,
+):  # fmt: skip
+    """A config field with its --flag's help; shape: the setting is fixed once a model trains;
+    many: the flag takes one value or more (a tuple)."""
+    metadata = {"help": help, "choices": choices, "shape": shape, "many": many}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -464,6 +469,10 @@ class TrainConfig(GPTConfig):
     backend: str = setting("", "torchrun: distributed backend", ("nccl", "gloo"))
     seed: int = setting(1337, "random seed")
     init_from: str = setting("", "fine-tune: start from this trained checkpoint's weights")
+    teacher: tuple = setting((), "distil: also learn these trained checkpoints' predictions "
+                             "(several: their ensemble's)", many=True)  # fmt: skip
+    distill_weight: float = setting(0.45, "distil: the teacher's share of the loss")
+    distill_temperature: float = setting(1.2, "distil: both predictions softened by this")
     sample_chars: int = setting(200, "characters of sample text at each evaluation (0: none)")
     exhaustive_eval: bool = setting(False, "score every val character at each evaluation too")
 
@@ -592,13 +601,38 @@ def set_learning_rates(optimizers: list, config: TrainConfig, scale: float) -> N
             group["lr"] = peak * scale
 
 
+@dataclass
+class Teacher:
+    """Distillation: the model learns a trained model's predictions (or an ensemble's) beside the
+    text's next characters. The teacher's whole distribution says which other characters were
+    nearly right, which the one character of the text does not."""
+
+    model: nn.Module
+    weight: float  # the teacher's share of the loss
+    temperature: float  # above 1, both distributions are flattened: near-misses count more
+
+    def mixed_loss(self, loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(1 - weight) x the text's loss + weight x T² x KL(teacher || model), both at temperature
+        T; T² keeps the gradients' size the same whatever T is (Hinton et al., 2015)."""
+        with torch.no_grad():
+            taught, _ = self.model(x)
+        t = self.temperature
+        ours = F.log_softmax(logits.float() / t, dim=-1).flatten(0, 1)
+        theirs = F.log_softmax(taught.float() / t, dim=-1).flatten(0, 1)
+        kl = F.kl_div(ours, theirs, log_target=True, reduction="batchmean")
+        return (1 - self.weight) * loss + self.weight * t * t * kl
+
+
 def micro_batch_loss(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype
-) -> torch.Tensor:
-    """The forward pass of one micro-batch, under autocast: its mean loss."""
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype,
+    teacher: Teacher | None = None,
+) -> torch.Tensor:  # fmt: skip
+    """The forward pass of one micro-batch, under autocast: its mean loss, mixed with the
+    teacher's when there is one."""
+    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
     with autocast(device, dtype):
-        _, loss = model(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-    return loss
+        logits, loss = model(x, y)
+        return loss if teacher is None else teacher.mixed_loss(loss, logits, x)
 
 
 def apply_gradients(
@@ -627,7 +661,7 @@ def apply_gradients(
 
 def train_step(
     model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, micro_batches: list,
-    grad_clip: float, device: torch.device, dtype: torch.dtype,
+    grad_clip: float, device: torch.device, dtype: torch.dtype, teacher: Teacher | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """One optimizer step over grad-accum micro-batches; returns the last micro-batch's loss.
     Under DDP, gradients are averaged across processes once, on the last micro-batch only."""
@@ -635,7 +669,7 @@ def train_step(
         last = i == len(micro_batches) - 1
         sync = nullcontext() if last or not isinstance(model, DDP) else model.no_sync()
         with sync:
-            loss = micro_batch_loss(model, x, y, device, dtype)
+            loss = micro_batch_loss(model, x, y, device, dtype, teacher)
             scaler.scale(loss / len(micro_batches)).backward()  # the step follows their mean
     apply_gradients(model, optimizers, scaler, grad_clip)
     return loss
@@ -668,6 +702,7 @@ class Run:
     saved: bool = False  # the checkpoint and its log exist: a new run's first save creates them
     bad_loss: float | None = None  # a NaN or infinite loss: training diverged
     progress: runlog.Progress | None = None  # the console's progress bar, while it trains
+    teacher: Teacher | None = None  # distillation's (--teacher)
 
     @property
     def tokens_per_step(self) -> int:
@@ -755,7 +790,8 @@ def next_step(
     torch.manual_seed(seed)  # dropout masks
     batches = torch.Generator().manual_seed(seed)
     micro = [get_batch(run.splits["train"], config, batches) for _ in range(config.grad_accum)]
-    loss = train_step(model, run.optimizers, scaler, micro, config.grad_clip, run.device, run.dtype)
+    loss = train_step(model, run.optimizers, scaler, micro, config.grad_clip, run.device,
+                      run.dtype, run.teacher)  # fmt: skip
     run.step += 1
     return loss
 

@@ -41,7 +41,8 @@ def flag_fields(config_class) -> list[dataclasses.Field]:
 
 def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
     """A --flag for each of config_class's flag_fields: booleans as --x/--no-x, choices as
-    choices. Every flag defaults to None, so that what was given on the command line can be told
+    choices, a field of many values as one or more (a list, which the config holds as a tuple).
+    Every flag defaults to None, so that what was given on the command line can be told
     from what was not."""
     for field in flag_fields(config_class):
         kind = {"type": whole_number if field.type is int else field.type}
@@ -49,6 +50,8 @@ def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
             kind = {"action": argparse.BooleanOptionalAction}
         elif field.metadata["choices"]:
             kind = {"choices": field.metadata["choices"]}
+        elif field.metadata.get("many"):  # a tuple of paths: one value or more
+            kind = {"nargs": "+", "type": str, "metavar": "PATH"}
         parser.add_argument(flag(field.name), dest=field.name, help=field.metadata["help"], **kind)
 
 

@@ -20,7 +20,7 @@ import torch
 
 import bigram
 from bigram import ARCHITECTURES, PRESETS, TrainConfig
-from scratchgpt import checkpoint, corpus, files, hardware, machine, reddit, runlog
+from scratchgpt import checkpoint, corpus, ensemble, files, hardware, machine, reddit, runlog
 from scratchgpt.cli import add_flags, check_seed, flag, flag_fields, typed_flag
 from scratchgpt.files import UserError
 
@@ -61,7 +61,7 @@ def default_preset(device: torch.device) -> str:
 def make_config(args: argparse.Namespace, device: torch.device, saved: dict | None) -> TrainConfig:
     """Preset (or the resumed run's saved settings), then the flags given on the command line."""
     given = {f.name: getattr(args, f.name) for f in flag_fields(TrainConfig)}
-    given = {k: v for k, v in given.items() if v is not None}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
     arch = ARCHITECTURES[args.arch] if args.arch else {}  # switches given one by one win
     if saved is not None:
         if "preset" in given:
@@ -110,6 +110,8 @@ def validate(config: TrainConfig) -> None:
         "warmup_iters",
         "weight_decay",
         "grad_clip",
+        "distill_weight",
+        "distill_temperature",
     ]
     for name in [*numbers, "max_minutes"]:
         value = getattr(config, name)
@@ -123,6 +125,8 @@ def validate(config: TrainConfig) -> None:
         raise UserError("--muon-lr must be above 0")
     if not 0 < config.decay_share <= 1:
         raise UserError("--decay-share must be in (0, 1]")
+    if config.distill_weight > 1 or config.distill_temperature == 0:
+        raise UserError("--distill-weight must be in [0, 1] and --distill-temperature above 0")
     for f in fields(TrainConfig):  # a damaged checkpoint's settings can hold anything
         choices = f.metadata.get("choices")
         if choices and f.name != "backend" and getattr(config, f.name) not in choices:
@@ -188,6 +192,8 @@ def run_inputs(config: TrainConfig) -> dict[str, Path]:
     inputs = {"the corpus (--data)": Path(config.data)}
     if config.init_from:
         inputs["the checkpoint it starts from (--init-from)"] = Path(config.init_from)
+    for path in config.teacher:
+        inputs[f"the teacher {path} (--teacher)"] = Path(path)
     return inputs
 
 
@@ -354,6 +360,9 @@ def describe(run: bigram.Run, machine_line: str | None, preset_picked: bool) -> 
         f"tokens per optimizer step: {run.tokens_per_step:,} = batch {c.batch_size} x block "
         f"{c.block_size} x grad-accum {c.grad_accum} x processes {ddp.world_size}",
     ]
+    if c.teacher:
+        lines.append(f"distilling from {', '.join(c.teacher)}: the teacher's share of the loss "
+                     f"{c.distill_weight:g}, temperature {c.distill_temperature:g}")  # fmt: skip
     if machine_line:
         lines.insert(0, machine_line)
     elif preset_picked:
@@ -371,6 +380,7 @@ def machine_candidates(
     when nothing is left to choose: on a GPU, under torchrun, for --resume or --init-from, or
     without a time budget of a few minutes at least."""
     fixed = device.type != "cpu" or ddp.world_size > 1 or args.resume or args.init_from
+    fixed = fixed or config.teacher  # the candidates' steps are timed without a teacher
     if fixed or args.preset or config.max_minutes * 60 < machine.MIN_BUDGET_S:
         return []
     own_shape = any(getattr(args, name) is not None for name in TABLE_RECIPE)
@@ -444,6 +454,7 @@ def prepare_and_train(
     if candidates:
         config, choice = choose_for_machine(candidates, data, device)
     run = bigram.start_run(config, data, device, ddp, resume=resumed, init_from=source)
+    run.teacher = load_teacher(config, data.vocab, device)
     if ddp.is_main and resumed is not None:
         runlog.trim_log(runlog.log_path(config.out), run.step)
     if choice is not None:
@@ -455,6 +466,29 @@ def prepare_and_train(
             return bigram.train(run, stop)
         except bigram.TrainingStopped as e:
             raise UserError(stopped_early(*e.args)) from None
+
+
+def load_teacher(
+    config: TrainConfig, vocab: list[str], device: torch.device
+) -> bigram.Teacher | None:
+    """--teacher's checkpoints as one model (several: their ensemble), which must know the run's
+    characters by the same ids; None without --teacher."""
+    models = []
+    for path in config.teacher:
+        if files.unreadable_reason(Path(path)) == "not found":
+            raise UserError(f"--teacher: there is no checkpoint at {path}")
+        saved = checkpoint.load_checkpoint(path, device)
+        if saved["vocab"] != vocab:
+            raise UserError(
+                f"--teacher {path} knows other characters than {config.data} has: a teacher "
+                "must be trained on the same text"
+            )
+        model = bigram.model_from_checkpoint(saved, device, path)
+        models.append(model.eval().requires_grad_(False))
+    if not models:
+        return None
+    model = models[0] if len(models) == 1 else ensemble.Ensemble(models)
+    return bigram.Teacher(model, config.distill_weight, config.distill_temperature)
 
 
 def stopped_early(run: bigram.Run, why: str) -> str:
