@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bigram import default_prompt, generate_tokens, model_from_checkpoint
+from bigram import default_prompt, generate_tokens, model_from_checkpoints
 from scratchgpt import chat, checkpoint, ensemble, files, hardware, shipped
 from scratchgpt.cli import MAX_CHARS, check_seed
 from scratchgpt.corpus import DATASET_FILES, decode, encode, normalize_newlines, read_text
@@ -128,29 +128,20 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.de
     chosen device, and its vocabulary."""
     device = hardware.resolve_device(args.device)
     paths = checkpoints_to_load(args)
-    models, vocab = [], None
     for path in paths:
         if files.unreadable_reason(path) == "not found":
             train = f"python bigram.py --dataset {args.dataset}"
             if args.checkpoint:
                 train += f" --out {path}"
             raise UserError(f"checkpoint {path} not found; train one first with: {train}")
-        saved = checkpoint.load_checkpoint(path, device)
-        if vocab is not None and saved["vocab"] != vocab:
-            raise UserError(
-                f"{path} and {paths[0]} know different characters: the models of an ensemble "
-                "must share a vocabulary (train them on the same text)"
-            )
-        models.append(model_from_checkpoint(saved, device, path).eval())
-        vocab = saved["vocab"]
+    model, vocab = model_from_checkpoints(paths, device)
     if not args.checkpoint:  # say which of the two defaults it is
         whose = "shipped with ScratchGPT" if paths[0] == shipped.MODEL_PATH else "your own"
         print(f"model: {paths[0]} ({whose}; --checkpoint picks another)", file=sys.stderr)
-    if len(models) == 1:
-        return models[0], vocab, device
-    print(f"ensemble: {len(models)} models, each character drawn from the mean of their "
-          "probabilities", file=sys.stderr)  # fmt: skip
-    return ensemble.Ensemble(models), vocab, device
+    if len(paths) > 1:
+        print(f"ensemble: {len(paths)} models, each character drawn from the mean of their "
+              "probabilities", file=sys.stderr)  # fmt: skip
+    return model, vocab, device
 
 
 def fast_weights(args: argparse.Namespace, model: nn.Module, device: torch.device) -> nn.Module:

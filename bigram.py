@@ -28,7 +28,8 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from scratchgpt import checkpoint, corpus, fused, hardware, reddit, runlog
+from scratchgpt import checkpoint, corpus, ensemble, fused, hardware, reddit, runlog
+from scratchgpt.files import UserError
 from scratchgpt.hardware import autocast
 
 # -----------------------------------------------------------------------------
@@ -313,6 +314,22 @@ def model_from_checkpoint(
     model = MODEL_TYPES[model_type](config)
     checkpoint.load_weights(model, saved["model"], path)
     return model.to(device)
+
+
+def model_from_checkpoints(paths: list, device: torch.device | str) -> tuple[nn.Module, list]:
+    """The model of one checkpoint, or several checkpoints' ensemble (scratchgpt/ensemble.py),
+    ready to predict, and the vocabulary they share."""
+    models, vocab = [], None
+    for path in paths:
+        saved = checkpoint.load_checkpoint(path, device)
+        if vocab is not None and saved["vocab"] != vocab:
+            raise UserError(
+                f"{path} and {paths[0]} know different characters: the models of an ensemble "
+                "must share a vocabulary (train them on the same text)"
+            )
+        models.append(model_from_checkpoint(saved, device, path).eval())
+        vocab = saved["vocab"]
+    return (models[0] if len(models) == 1 else ensemble.Ensemble(models)), vocab
 
 
 # -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ import torch
 
 import bigram
 from bigram import ARCHITECTURES, PRESETS, TrainConfig
-from scratchgpt import checkpoint, corpus, ensemble, files, hardware, machine, reddit, runlog
+from scratchgpt import checkpoint, corpus, files, hardware, machine, reddit, runlog
 from scratchgpt.cli import add_flags, check_seed, flag, flag_fields, typed_flag
 from scratchgpt.files import UserError
 
@@ -473,21 +473,18 @@ def load_teacher(
 ) -> bigram.Teacher | None:
     """--teacher's checkpoints as one model (several: their ensemble), which must know the run's
     characters by the same ids; None without --teacher."""
-    models = []
+    if not config.teacher:
+        return None
     for path in config.teacher:
         if files.unreadable_reason(Path(path)) == "not found":
             raise UserError(f"--teacher: there is no checkpoint at {path}")
-        saved = checkpoint.load_checkpoint(path, device)
-        if saved["vocab"] != vocab:
-            raise UserError(
-                f"--teacher {path} knows other characters than {config.data} has: a teacher "
-                "must be trained on the same text"
-            )
-        model = bigram.model_from_checkpoint(saved, device, path)
-        models.append(model.eval().requires_grad_(False))
-    if not models:
-        return None
-    model = models[0] if len(models) == 1 else ensemble.Ensemble(models)
+    model, taught = bigram.model_from_checkpoints(config.teacher, device)
+    if taught != vocab:
+        raise UserError(
+            f"--teacher {' '.join(config.teacher)} knows other characters than {config.data} "
+            "has: a teacher must be trained on the same text"
+        )
+    model.requires_grad_(False)
     return bigram.Teacher(model, config.distill_weight, config.distill_temperature)
 
 
