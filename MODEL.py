@@ -10,7 +10,8 @@
 Without --checkpoint it reads your own checkpoints/<dataset>.pt, or for Shakespeare, until you
 train one, the model shipped in pretrained/.
 
-The model and the sampler come from bigram.py: one definition of each.
+The model and the sampler come from bigram.py: one definition of each. How this machine
+generates (the device, the weights' precision) is decided once, by scratchgpt/machine.py.
 """
 
 import argparse
@@ -25,11 +26,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bigram import default_prompt, generate_tokens, model_from_checkpoints
-from scratchgpt import chat, checkpoint, ensemble, files, hardware, shipped
-from scratchgpt.cli import MAX_CHARS, check_seed
-from scratchgpt.corpus import DATASET_FILES, decode, encode, normalize_newlines, read_text
-from scratchgpt.files import UserError
+from bigram import generate_tokens, model_from_checkpoints
+from scratchgpt import chat, checkpoint, ensemble, files, machine, shipped
+from scratchgpt.cli import MAX_CHARS, UserError, check_seed, setup_console
+from scratchgpt.corpus import (
+    DATASET_FILES,
+    decode,
+    default_prompt,
+    encode,
+    normalize_newlines,
+    read_text,
+)  # fmt: skip
 from scratchgpt.interactive import check_interactive, interactive
 
 
@@ -126,7 +133,7 @@ def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
 def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.device]:
     """The checkpoint's model (several checkpoints: their ensemble), ready to sample on the
     chosen device, and its vocabulary."""
-    device = hardware.resolve_device(args.device)
+    device = machine.resolve_device(args.device)
     paths = checkpoints_to_load(args)
     for path in paths:
         if files.unreadable_reason(path) == "not found":
@@ -144,17 +151,18 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.de
     return model, vocab, device
 
 
-def fast_weights(args: argparse.Namespace, model: nn.Module, device: torch.device) -> nn.Module:
-    """The weights a CPU generates with (--weights), once the input has been checked: choosing
-    them may time both, and says so in one line."""
-    if device.type != "cpu":
-        return model
-    model, why = hardware.generation_weights(
-        model, args.weights, seconds_per_step, args.num_samples
+def prepare_generation(
+    args: argparse.Namespace, model: nn.Module, device: torch.device
+) -> tuple[nn.Module, machine.Generation]:
+    """How this machine generates with the model, decided once, after the input has been
+    checked: on a CPU choosing the weights (--weights) may time both, and says so in one line.
+    Everything that writes is handed the answer."""
+    model, generation = machine.choose_generation(
+        model, device, args.weights, seconds_per_step, args.num_samples
     )
-    if why:
-        print(why, file=sys.stderr)
-    return model
+    if generation.line:
+        print(generation.line, file=sys.stderr)
+    return model, generation
 
 
 def seconds_per_step(model: nn.Module, batch_size: int) -> float:
@@ -175,7 +183,7 @@ def generate(args: argparse.Namespace) -> None:
     model, vocab, device = load_model(args)
     # Each sample keeps its own KV cache: together they may not fit where one does.
     for member in ensemble.members(model):
-        hardware.check_memory(member.config, args.num_samples, training=False, device=device,
+        machine.check_memory(member.config, args.num_samples, training=False, device=device,
                               advice="ask for fewer --num-samples")  # fmt: skip
     prompt = read_prompt(args, vocab)
     try:
@@ -183,15 +191,14 @@ def generate(args: argparse.Namespace) -> None:
     except UserError as e:
         raise UserError(f"prompt: {e}") from None
     prompt_ids = prompt_ids.to(device).repeat(args.num_samples, 1)
-    model = fast_weights(args, model, device)
+    model, generation = prepare_generation(args, model, device)
 
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    dtype = hardware.generation_dtype(device)
     stream = args.num_samples == 1 and not args.no_stream
     if stream:
         print(prompt, end="", flush=True)
     tokens = torch.empty((args.num_samples, args.num_tokens), dtype=torch.long, device=device)
-    with hardware.autocast(device, dtype):
+    with generation.autocast():
         for i, step in enumerate(generate_tokens(
             model, prompt_ids, args.num_tokens, args.temperature, args.top_k, args.top_p,
             use_kv_cache=not args.no_kv_cache, generator=generator,
@@ -243,15 +250,15 @@ def check_chat(args: argparse.Namespace) -> None:
 
 
 def text_writer(
-    args: argparse.Namespace, model: nn.Module, vocab: list[str], device: torch.device
+    args: argparse.Namespace, model: nn.Module, vocab: list[str], generation: machine.Generation
 ) -> chat.Writer:
     """What the model writes after a text, with the sampling flags, from a generator seeded
     with --seed: the same conversation with the same seed gets the same replies."""
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    generator = torch.Generator(device=generation.device).manual_seed(args.seed)
 
     def write(text: str, max_chars: int) -> Iterator[str]:
-        ids = torch.from_numpy(encode(text, vocab).astype("int64")).to(device)[None]
-        with hardware.autocast(device, hardware.generation_dtype(device)):
+        ids = torch.from_numpy(encode(text, vocab).astype("int64")).to(generation.device)[None]
+        with generation.autocast():
             for step in generate_tokens(
                 model, ids, max_chars, args.temperature, args.top_k, args.top_p,
                 use_kv_cache=not args.no_kv_cache, generator=generator,
@@ -269,14 +276,14 @@ def converse(args: argparse.Namespace) -> None:
         check_output_file(args)
     model, vocab, device = load_model(args)
     you, them = chat.speakers(args.chat, args.speak_as, vocab)
-    model = fast_weights(args, model, device)
+    model, generation = prepare_generation(args, model, device)
     conversation = chat.Conversation(you, them, model.config.block_size)
     terminal = sys.stdin.isatty()
-    session = chat.Chat(conversation, vocab, text_writer(args, model, vocab, device),
+    session = chat.Chat(conversation, vocab, text_writer(args, model, vocab, generation),
                         args.num_tokens, echo=not (terminal and sys.stdout.isatty()))  # fmt: skip
     if isinstance(sys.stdin, io.TextIOWrapper):  # undecodable bytes are named, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
-    chat.talk(session, text_writer(args, model, vocab, device), terminal)
+    chat.talk(session, text_writer(args, model, vocab, generation), terminal)
     if args.output is not None:
         write_output(args.output, conversation.transcript().removesuffix("\n"), args.overwrite)
 
@@ -294,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
             check_args(args)
             check_interactive(args)
             model, vocab, device = load_model(args)
-            model = fast_weights(args, model, device)
+            model, generation = prepare_generation(args, model, device)
             names = ", ".join(str(path) for path in checkpoints_to_load(args))
-            interactive(args, model, vocab, device, names)
+            interactive(args, model, vocab, generation, names, generate_tokens)
         else:
             generate(args)
     except UserError as e:
@@ -316,5 +323,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    files.setup_console(forgive_lost_stdout=False)  # `| head` ends generation
+    setup_console(forgive_lost_stdout=False)  # `| head` ends generation
     sys.exit(main())

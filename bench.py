@@ -10,7 +10,7 @@
 
 Sections:
   matmul    the machine's matrix-product peak in float32 and bfloat16 (the MFU denominator)
-  train     training tokens/s and model FLOPs utilisation, through bigram.train_step
+  train     training tokens/s and model FLOPs utilisation, through bigram.train_on_batches
   generate  characters/s with and without the KV cache, and for batches of samples
   corpus    reddit.load_reddit on a synthetic Reddit text: MB/s and peak memory, in a subprocess
   choices   what this machine's timings choose (scratchgpt/machine.py): the shape and precision
@@ -40,8 +40,9 @@ from torch.nn import functional as F
 
 import bigram
 import MODEL
-from scratchgpt import corpus, hardware, machine, train_cli
-from scratchgpt.files import UserError
+from scratchgpt import corpus, distributed, machine, train_cli
+from scratchgpt.cli import UserError
+from scratchgpt.optimizers import make_optimizers
 
 REPO = Path(__file__).resolve().parent
 REDDIT_SAMPLE = REPO.parent / "shared" / "data" / "reddit" / "comments.txt"
@@ -72,7 +73,7 @@ def matmul_gflops(n: int, dtype: torch.dtype, min_seconds: float) -> float:
 
 def native_dtypes() -> list[torch.dtype]:
     """The precisions this CPU multiplies in hardware: bf16 emulated in software is not timed."""
-    return [torch.float32, torch.bfloat16] if hardware.cpu_has_native_bf16() else [torch.float32]
+    return [torch.float32, torch.bfloat16] if machine.bf16_is_native() else [torch.float32]
 
 
 def bench_matmul(sizes: list[int], min_seconds: float) -> dict:
@@ -190,7 +191,7 @@ def scratch_model(shape: dict) -> bigram.GPTLanguageModel:
 def flops_per_token(model: nn.Module) -> float:
     """Training FLOPs per token: 6 per weight (forward + backward) plus attention (PaLM, app. B)."""
     c = model.config
-    n = bigram.count_parameters(model)
+    n = model.num_parameters()
     if isinstance(model, bigram.GPTLanguageModel):
         if not c.rope:  # a table lookup, not a product
             n -= model.position_embedding.weight.numel()
@@ -227,7 +228,7 @@ def newton_schulz_flops(optimizers: list) -> float:
 
 
 def step_in_parts(model, optimizers, scaler, batch, config, dtype) -> dict:
-    """Seconds of one training step's parts: bigram.train_step's own, for one micro-batch."""
+    """Seconds of one training step's parts: bigram.train_on_batches's own, for one micro-batch."""
     device = torch.device("cpu")
     times, start = {}, time.perf_counter()
     loss = bigram.micro_batch_loss(model, *batch, device, dtype)
@@ -289,13 +290,15 @@ def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup
     data = np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint8)
     torch.manual_seed(0)
     model = scratch_model(shape)
-    optimizers = bigram.make_optimizers(model, config, device)
+    optimizers = make_optimizers(model, config, device)
     scaler = bigram.make_scaler(device, dtype)
     batch = lambda i: bigram.get_batch(data, config, torch.Generator().manual_seed(i))
 
     def step(i: int) -> None:
         torch.manual_seed(i)
-        bigram.train_step(model, optimizers, scaler, [batch(i)], config.grad_clip, device, dtype)
+        bigram.train_on_batches(
+            model, optimizers, scaler, [batch(i)], config.grad_clip, device, dtype
+        )
 
     name = str(dtype).removeprefix("torch.")
     flops = flops_per_token(model)
@@ -306,7 +309,7 @@ def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup
     return {
         "dtype": name,
         "optimizers": [type(o).__module__ + "." + type(o).__name__ for o in optimizers],
-        "parameters": bigram.count_parameters(model),
+        "parameters": model.num_parameters(),
         "flops_per_token": flops,
         **timing,
         "parts": parts,
@@ -382,7 +385,7 @@ def bench_generate(
     result["kv_cache_chars_per_s"] = result["batch"]["1"]["float32"]
     # What MODEL.py generates one sample with by default (--weights auto): the faster weights as
     # timed on this machine, once (the machine's cache keeps the answer).
-    picked, _ = hardware.generation_weights(copy.deepcopy(fp32), "auto", MODEL.seconds_per_step)
+    picked, _ = machine.generation_weights(copy.deepcopy(fp32), "auto", MODEL.seconds_per_step)
     result["model_py_dtype"] = str(next(picked.parameters()).dtype).removeprefix("torch.")
     result["model_py_chars_per_s"] = chars_per_second(scratch_generator(picked, True), 1, block,
                                                       num_tokens)  # fmt: skip
@@ -520,17 +523,19 @@ def bench_choices(minutes: float, shape: dict) -> dict:
     """The choices this machine's timings make, as `python bigram.py --max-minutes MINUTES` and
     MODEL.py (for a model of shape, one sample) make them: timed now, or read from the cache."""
     device = torch.device("cpu")
-    args = train_cli.parse_args(["--max-minutes", f"{minutes:g}"])
-    config = train_cli.make_config(args, device, None)
-    candidates = train_cli.machine_candidates(args, config, device, hardware.Distributed())
+    args = train_cli.parse_args(["--max-minutes", f"{minutes:g}"], bigram.TrainConfig)
+    config = train_cli.make_config(args, device, None, bigram.TrainConfig)
+    candidates = train_cli.machine_candidates(args, config, device, distributed.Distributed())
     if candidates:  # random tokens of Tiny Shakespeare's vocabulary: a step's time is the same
         tokens = np.random.default_rng(0).integers(0, VOCAB_SIZE, 1_000_000, dtype=np.uint8)
         vocab = [chr(ord("!") + i) for i in range(VOCAB_SIZE)]
-        _, choice = train_cli.choose_for_machine(candidates, corpus.Corpus(tokens, vocab), device)
+        _, choice = train_cli.choose_for_machine(
+            candidates, corpus.Corpus(tokens, vocab), device, bigram.step_timer
+        )
         training = choice.line()
     else:
         training = f"machine: {config.preset} in {config.dtype}, untimed (nothing to choose)"
-    _, weights = hardware.generation_weights(scratch_model(shape).eval(), "auto",
+    _, weights = machine.generation_weights(scratch_model(shape).eval(), "auto",
                                              MODEL.seconds_per_step)  # fmt: skip
     return {"training": training, "weights": weights or "weights: float32 (bf16 is emulated)"}
 
@@ -549,7 +554,7 @@ def machine_summary() -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "native_bf16": hardware.cpu_has_native_bf16(),
+        "native_bf16": machine.bf16_is_native(),
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
@@ -700,11 +705,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    dtype = hardware.resolve_dtype(args.dtype, torch.device("cpu"))
+    dtype = machine.resolve_dtype(args.dtype, torch.device("cpu"))
     name = "tiny" if tiny else f"preset {args.preset}"
     arch = train_cli.arch_name(bigram.TrainConfig(**shape))
     results: dict = {"machine": machine_summary(), "config": shape | {"name": name, "arch": arch}}
-    results["machine"]["freed memory reused"] = hardware.reuse_freed_memory()  # as training does
+    results["machine"]["freed memory reused"] = machine.reuse_freed_memory()  # as training does
     peaks: dict = {}
     if "matmul" in sections:
         print("matmul peak...", flush=True)

@@ -6,21 +6,21 @@
 
 The file reads top to bottom: the model (GPTConfig, attention, MLP, blocks, the GPT), generation
 (sampling with a KV cache), then training (the presets, batches, evaluation, the learning-rate
-schedule, the optimizers, one step, the loop). What is not the model or its training lives in
-scratchgpt/: what runs natively on this hardware (hardware.py) and what it does fastest, timed
-(machine.py), three operations differentiated by hand for the CPU (fused.py), the checkpoint
-format (checkpoint.py), the corpora (corpus.py, reddit.py), the record of a run (runlog.py), safe
-files (files.py), the command lines (cli.py, train_cli.py) and MODEL.py's interactive session
-(interactive.py). Importing this file has no side effects.
+schedule, one step, the loop) and the command that starts it (main). What is not the model or its
+training lives in scratchgpt/, in modules named for what they hold; none of them imports this
+file, which hands them what they need of it. Importing this file has no side effects.
 """
 
+import argparse
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
+from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,9 +28,21 @@ import torch.nn as nn
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from scratchgpt import checkpoint, corpus, ensemble, fused, hardware, reddit, runlog
-from scratchgpt.files import UserError
-from scratchgpt.hardware import autocast
+from scratchgpt import (
+    checkpoint,
+    corpus,
+    distributed,
+    ensemble,
+    kernels,
+    machine,
+    reddit,
+    runlog,
+    train_cli,
+)
+from scratchgpt.cli import UserError, setup_console
+from scratchgpt.files import unreadable_reason
+from scratchgpt.machine import autocast
+from scratchgpt.optimizers import make_optimizers, set_learning_rates
 
 # -----------------------------------------------------------------------------
 # The model
@@ -103,7 +115,7 @@ ROPE_BASE = 10000.0  # the longest wavelength of the rotary positions, in charac
 
 def make_norm(config: GPTConfig) -> nn.Module:
     if config.norm == "rms":
-        return fused.RMSNorm(config.n_embd)  # a learned gain only
+        return kernels.RMSNorm(config.n_embd)  # a learned gain only
     return nn.LayerNorm(config.n_embd, bias=config.bias)
 
 
@@ -121,7 +133,7 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """Turn each pair of channels (i, i + head_size / 2) of x (B, n_head, T, head_size) by its
     position's angle. A query at p and a key at q then meet at an angle that depends on p - q
     only: attention sees how far back a character is, not where it sits in the window."""
-    return fused.rotate(x, cos, sin)
+    return kernels.rotate(x, cos, sin)
 
 
 class CausalSelfAttention(nn.Module):
@@ -137,7 +149,7 @@ class CausalSelfAttention(nn.Module):
         else:  # one matrix computes queries, keys and values of all heads at once
             self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = hardware.Dropout(config.dropout)
+        self.resid_dropout = kernels.Dropout(config.dropout)
 
     def qkv_product(self, x: torch.Tensor) -> torch.Tensor:
         """Queries, keys and values side by side, (B, T, 3 * C). Split matrices are joined for one
@@ -161,7 +173,7 @@ class CausalSelfAttention(nn.Module):
         # one (B, T, 3 * C) -> (B, T, 3, n_head, head_size) -> (3, B, n_head, T, ...)
         q, k, v = self.qkv_product(x).view(B, T, 3, self.n_head, head_size).permute(2, 0, 3, 1, 4)
         if self.qk_norm:  # unit-RMS queries and keys: no logit can grow without bound
-            q, k = fused.rms_norm(q), fused.rms_norm(k)
+            q, k = kernels.rms_norm(q), kernels.rms_norm(k)
         if rope is not None:
             q, k = rotate(q, *rope), rotate(k, *rope)
         if cache is not None:
@@ -174,12 +186,12 @@ class CausalSelfAttention(nn.Module):
             k, v = cache_k[:, :, :filled], cache_v[:, :, :filled]
         # No dropout on the attention weights: SDPA's fused CPU kernel has none, and asking for it
         # builds the whole T x T matrix. The residual and embedding dropouts still regularise.
-        y = hardware.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        y = kernels.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_dropout(self.proj(y))
 
 
-ACTIVATIONS = {"gelu": F.gelu, "relu2": fused.relu_squared}
+ACTIVATIONS = {"gelu": F.gelu, "relu2": kernels.relu_squared}
 
 
 class MLP(nn.Module):
@@ -188,7 +200,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
         self.activation = ACTIVATIONS[config.mlp]
         self.proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = hardware.Dropout(config.dropout)
+        self.dropout = kernels.Dropout(config.dropout)
 
     def forward(self, x):
         return self.dropout(self.proj(self.activation(self.fc(x))))
@@ -209,7 +221,21 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class GPTLanguageModel(nn.Module):
+class LanguageModel(nn.Module):
+    """What both models share: their config, their size, and generation's KV cache."""
+
+    config: GPTConfig
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_kv_cache(self, batch_size: int, device) -> KVCache:
+        """An empty cache for generation, in the dtype attention reads (machine.cache_dtype). The
+        bigram uses only its count of positions."""
+        return KVCache(self.config, batch_size, device, machine.cache_dtype(self))
+
+
+class GPTLanguageModel(LanguageModel):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
@@ -224,7 +250,7 @@ class GPTLanguageModel(nn.Module):
         if config.residual_scalars:  # each block reads resid * x + x0 * (the embedding)
             self.resid_lambdas = nn.Parameter(torch.ones(config.n_layer))
             self.x0_lambdas = nn.Parameter(torch.zeros(config.n_layer))
-        self.dropout = hardware.Dropout(config.dropout)
+        self.dropout = kernels.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = make_norm(config)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.bias)
@@ -240,10 +266,6 @@ class GPTLanguageModel(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
-
-    def new_kv_cache(self, batch_size: int, device) -> KVCache:
-        """An empty cache for generation, in the dtype attention reads (hardware.cache_dtype)."""
-        return KVCache(self.config, batch_size, device, hardware.cache_dtype(self))
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         """Logits for every position of idx (B, T); the loss too when targets are given.
@@ -277,7 +299,7 @@ class GPTLanguageModel(nn.Module):
         return logits, loss
 
 
-class BigramLanguageModel(nn.Module):
+class BigramLanguageModel(LanguageModel):
     """The baseline: the next character depends on the current one only, via a lookup table."""
 
     def __init__(self, config: GPTConfig):
@@ -285,10 +307,6 @@ class BigramLanguageModel(nn.Module):
         self.config = config
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
         nn.init.normal_(self.logits_table.weight, std=0.02)  # start near uniform: loss ln(vocab)
-
-    def new_kv_cache(self, batch_size: int, device) -> KVCache:
-        """Generation's cache, of which the bigram uses only the count of positions (forward)."""
-        return KVCache(self.config, batch_size, device, hardware.cache_dtype(self))
 
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         logits = self.logits_table(idx)
@@ -301,16 +319,12 @@ class BigramLanguageModel(nn.Module):
 MODEL_TYPES = {"gpt": GPTLanguageModel, "bigram": BigramLanguageModel}
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def model_from_checkpoint(
     saved: dict, device: torch.device | str = "cpu", path: str = "the checkpoint"
 ) -> nn.Module:
     """The model a checkpoint (checkpoint.load_checkpoint) holds, settings and weights checked."""
     model_type, config = checkpoint.model_config(saved, path, GPTConfig, MODEL_TYPES)
-    hardware.check_memory(config, batch_size=1, training=False, device=torch.device(device))
+    machine.check_memory(config, batch_size=1, training=False, device=torch.device(device))
     model = MODEL_TYPES[model_type](config)
     checkpoint.load_weights(model, saved["model"], path)
     return model.to(device)
@@ -334,11 +348,6 @@ def model_from_checkpoints(paths: list, device: torch.device | str) -> tuple[nn.
 
 # -----------------------------------------------------------------------------
 # Generation
-
-
-def default_prompt(vocab: list[str]) -> str:
-    """What a sample continues when given nothing: a newline, the start of a line of text."""
-    return "\n" if "\n" in vocab else vocab[0]
 
 
 def sample_next(
@@ -400,7 +409,7 @@ def generate_tokens(
             cache = model.new_kv_cache(context.shape[0], context.device)
             logits, _ = model(context[:, -keep:], kv_cache=cache)
         else:
-            with hardware.matrix_vector_kernels(model, context.shape[0]):
+            with machine.matrix_vector_kernels(model, context.shape[0]):
                 logits, _ = model(context[:, -1:], kv_cache=cache)
         next_token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
         context = torch.cat([context, next_token], dim=1)
@@ -414,7 +423,7 @@ def training_sample(model: nn.Module, vocab: list[str], num_chars: int, seed: in
     """What the model writes now: a continuation of the default prompt at temperature 0.8, with
     the same seed at every evaluation, so that the samples of one run show what changed."""
     generator = torch.Generator(device=device).manual_seed(seed)
-    prompt = torch.tensor([[vocab.index(default_prompt(vocab))]], device=device)
+    prompt = torch.tensor([[vocab.index(corpus.default_prompt(vocab))]], device=device)
     model.eval()
     steps = generate_tokens(model, prompt, num_chars, temperature=0.8, generator=generator)
     text = corpus.decode([step.item() for step in steps], vocab)
@@ -448,15 +457,15 @@ PRESETS = {
     "cpu": dict(n_layer=4, n_head=4, n_embd=256, max_iters=2300, **CPU_TRAINING),
     "cpu-float32": dict(n_layer=6, n_head=4, n_embd=128, max_iters=5000, **CPU_TRAINING),
 }
-ADAM_BETAS = (0.9, 0.99)  # beta2 0.99 rather than 0.999: small batches, few iterations
-MUON_MOMENTUM = 0.95
 
 
 @dataclass
 class TrainConfig(GPTConfig):
     """A run's settings: the model's (GPTConfig), then how it trains. Each is a --flag."""
 
-    dataset: str = setting("shakespeare", "default: shakespeare", tuple(corpus.DATASET_FILES))
+    dataset: str = setting(
+        corpus.DEFAULT_DATASET, "default: shakespeare", tuple(corpus.DATASET_FILES)
+    )
     data: str = setting("", "corpus: a UTF-8 text file, or a .rar for reddit")
     out: str = setting("", "checkpoint path (default checkpoints/<dataset>.pt)")
     preset: str = setting("gpu", "default: gpu on CUDA, else by CPU class", tuple(PRESETS))
@@ -492,6 +501,9 @@ class TrainConfig(GPTConfig):
     distill_temperature: float = setting(1.2, "distil: both predictions softened by this")
     sample_chars: int = setting(200, "characters of sample text at each evaluation (0: none)")
     exhaustive_eval: bool = setting(False, "score every val character at each evaluation too")
+    # The named settings a run starts from (--preset, --arch); not settings themselves.
+    presets: ClassVar[dict[str, dict]] = PRESETS
+    architectures: ClassVar[dict[str, dict]] = ARCHITECTURES
 
 
 # -----------------------------------------------------------------------------
@@ -588,36 +600,6 @@ def lr_scale(progress: float, step: int, config: TrainConfig) -> float:
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
 
 
-def make_optimizers(model: nn.Module, config: TrainConfig, device: torch.device) -> list:
-    """AdamW that decays only matrices (biases and norm gains stay free); with --optimizer muon,
-    the blocks' matrices go to Muon instead, which orthogonalises each update (every direction
-    of the matrix moves by the same amount). Embeddings and the head stay on AdamW: Muon is
-    meant for hidden layers, and torch's Muon takes nothing but 2-D tensors."""
-    hidden, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            to_muon = config.optimizer == "muon" and name.startswith("blocks.") and p.dim() == 2
-            (hidden if to_muon else rest).append(p)
-    groups = [
-        {"params": [p for p in rest if p.dim() >= 2], "weight_decay": config.weight_decay},
-        {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    optimizers = [hardware.adamw(groups, device, lr=config.lr, betas=ADAM_BETAS)]
-    if hidden:
-        optimizers.append(
-            hardware.muon(hidden, device, lr=config.muon_lr, weight_decay=config.weight_decay,
-                          momentum=MUON_MOMENTUM, nesterov=True)
-        )  # fmt: skip
-    return optimizers
-
-
-def set_learning_rates(optimizers: list, config: TrainConfig, scale: float) -> None:
-    for optimizer in optimizers:
-        peak = config.muon_lr if isinstance(optimizer, torch.optim.Muon) else config.lr
-        for group in optimizer.param_groups:
-            group["lr"] = peak * scale
-
-
 @dataclass
 class Teacher:
     """Distillation: the model learns a trained model's predictions (or an ensemble's) beside the
@@ -676,7 +658,7 @@ def apply_gradients(
         optimizer.zero_grad(set_to_none=True)
 
 
-def train_step(
+def train_on_batches(
     model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, micro_batches: list,
     grad_clip: float, device: torch.device, dtype: torch.dtype, teacher: Teacher | None = None,
 ) -> torch.Tensor:  # fmt: skip
@@ -711,7 +693,7 @@ class Run:
     splits: dict  # "train" and "val" token arrays
     device: torch.device
     dtype: torch.dtype
-    ddp: hardware.Distributed
+    ddp: distributed.Distributed
     step: int = 0
     elapsed_before: float = 0.0  # seconds trained before a --resume
     best_val_loss: float = math.inf
@@ -719,6 +701,7 @@ class Run:
     saved: bool = False  # the checkpoint and its log exist: a new run's first save creates them
     bad_loss: float | None = None  # a NaN or infinite loss: training diverged
     progress: runlog.Progress | None = None  # the console's progress bar, while it trains
+    picture: runlog.RunPicture | None = None  # the losses drawn beside the checkpoint
     teacher: Teacher | None = None  # distillation's (--teacher)
 
     @property
@@ -728,17 +711,17 @@ class Run:
 
 
 def start_run(
-    config: TrainConfig, data: corpus.Corpus, device: torch.device, ddp: hardware.Distributed,
+    config: TrainConfig, data: corpus.Corpus, device: torch.device, ddp: distributed.Distributed,
     resume: dict | None = None, init_from: dict | None = None,
 ) -> Run:  # fmt: skip
     """A run ready to train: a fresh model, or the weights a fine-tune starts from (init_from),
     or a saved run's whole state (resume)."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     config = replace(config, vocab_size=len(data.vocab))
-    hardware.check_memory(config, config.batch_size, training=True, device=device)
+    machine.check_memory(config, config.batch_size, training=True, device=device)
     model = MODEL_TYPES[config.model](GPTConfig(**model_settings(config))).to(device)
     train_data, val_data = corpus.split_corpus(data.tokens)
-    dtype = hardware.resolve_dtype(config.dtype, device)
+    dtype = machine.resolve_dtype(config.dtype, device)
     optimizers = make_optimizers(model, config, device)
     run = Run(config, model, optimizers, data, {"train": train_data, "val": val_data}, device,
               dtype, ddp)  # fmt: skip
@@ -748,31 +731,45 @@ def start_run(
         state = checkpoint.restore_training(resume, model, optimizers, config.out)
         run.step, run.best_val_loss, run.elapsed_before = state
         run.best_step, run.saved = run.step, True
+    run.teacher = load_teacher(config, data.vocab, device)
     return run
 
 
+def load_teacher(config: TrainConfig, vocab: list[str], device: torch.device) -> Teacher | None:
+    """--teacher's checkpoints as one model (several: their ensemble), which must know the run's
+    characters by the same ids; None without --teacher."""
+    if not config.teacher:
+        return None
+    for path in config.teacher:
+        if unreadable_reason(Path(path)) == "not found":
+            raise UserError(f"--teacher: there is no checkpoint at {path}")
+    model, taught = model_from_checkpoints(config.teacher, device)
+    if taught != vocab:
+        raise UserError(
+            f"--teacher {' '.join(config.teacher)} knows other characters than {config.data} "
+            "has: a teacher must be trained on the same text"
+        )
+    model.requires_grad_(False)
+    return Teacher(model, config.distill_weight, config.distill_temperature)
+
+
 def evaluate(run: Run, elapsed: float) -> dict:
-    """The losses on both splits now, as a log record (with a sample and the exhaustive val
-    loss when asked), printed as they come."""
-    c, model, say = run.config, run.model, run.progress.write
+    """The losses on both splits now, as a log record; with the exhaustive val loss and a
+    sample when asked, unless the model diverged."""
+    c, model = run.config, run.model
     losses = estimate_loss(model, run.splits, c, run.device, run.dtype)
     record = {"iter": run.step, "train_loss": losses["train"], "val_loss": losses["val"]}
     record |= {"val_bpc": losses["val"] / LN2, "lr": run.optimizers[0].param_groups[0]["lr"]}
     record |= {"tokens_per_sec": run.progress.tokens_per_sec, "elapsed_s": elapsed}
-    say(f"iter {run.step}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
-        f"({record['val_bpc']:.3f} bits/char)")  # fmt: skip
     if not math.isfinite(losses["val"]):
-        run.bad_loss = losses["val"]
         return record
     if c.exhaustive_eval:
         loss = exhaustive_val_loss(model, run.splits["val"], c.block_size, run.device, run.dtype)
         record |= {"exhaustive_val_loss": loss, "exhaustive_val_bpc": loss / LN2}
-        say(f"    exhaustive val loss {loss:.4f} ({loss / LN2:.3f} bits/char)")
     if c.sample_chars:
         with autocast(run.device, run.dtype):
-            text = training_sample(model, run.data.vocab, c.sample_chars, c.seed, run.device)
-        record["sample"] = text
-        say("".join(f"    | {line}\n" for line in text.split("\n")).removesuffix("\n"))
+            record["sample"] = training_sample(model, run.data.vocab, c.sample_chars, c.seed,
+                                               run.device)  # fmt: skip
     return record
 
 
@@ -793,13 +790,24 @@ def save_if_best(run: Run, record: dict) -> None:
     elif run.saved:
         runlog.append_log(log, record)
     if run.saved:
-        run.progress.picture.draw([log])
+        run.picture.draw([log])
 
 
-def next_step(
+def evaluate_and_save(run: Run, elapsed: float) -> None:
+    """Evaluate, print the figures and keep the model if it is the best so far; a loss that is
+    not finite flags the run as diverged (it is logged, never saved)."""
+    record = evaluate(run, elapsed)
+    run.progress.write(runlog.evaluation_lines(record))
+    save_if_best(run, record)
+    if not math.isfinite(record["val_loss"]):
+        run.bad_loss = record["val_loss"]
+
+
+def scheduled_step(
     run: Run, model: nn.Module, scaler: torch.amp.GradScaler, elapsed: float
 ) -> torch.Tensor:
-    """One optimizer step at the learning rate of this point of the run; returns its loss."""
+    """This step of the run: the schedule's learning rate, the step's seed (dropout) and batches,
+    then train_on_batches; returns its loss."""
     config = run.config
     scale = lr_scale(run_progress(run.step, elapsed, config), run.step, config)
     set_learning_rates(run.optimizers, config, scale)
@@ -807,7 +815,7 @@ def next_step(
     torch.manual_seed(seed)  # dropout masks
     batches = torch.Generator().manual_seed(seed)
     micro = [get_batch(run.splits["train"], config, batches) for _ in range(config.grad_accum)]
-    loss = train_step(model, run.optimizers, scaler, micro, config.grad_clip, run.device,
+    loss = train_on_batches(model, run.optimizers, scaler, micro, config.grad_clip, run.device,
                       run.dtype, run.teacher)  # fmt: skip
     run.step += 1
     return loss
@@ -818,18 +826,19 @@ def train(run: Run, stop: threading.Event) -> str | None:
     and saving every eval_interval steps and at the end. Returns the summary line (on rank 0)."""
     c, ddp = run.config, run.ddp
     model = torch.compile(run.model) if c.compile else run.model
-    model = hardware.distributed_model(model, ddp, run.device)
+    model = distributed.distributed_model(model, ddp, run.device)
     scaler = make_scaler(run.device, run.dtype)
     start = time.perf_counter() - run.elapsed_before
     done = run_progress(run.step, run.elapsed_before, c)
-    run.progress = runlog.Progress(c.out, done, run.step, run.tokens_per_step, show=ddp.is_main)
+    run.progress = runlog.Progress(done, run.step, run.tokens_per_step, show=ddp.is_main)
+    run.picture = runlog.RunPicture(runlog.picture_path(c.out), note=run.progress.write)
     last_eval, why = run.step, f"{c.max_iters} iterations done"
     with closing(run.progress):  # closed, also by an error: it ends its line
         while run.step < c.max_iters:
             elapsed = time.perf_counter() - start
             out_of_time = c.max_minutes > 0 and elapsed >= c.max_minutes * 60
             stopping = stop.is_set() or out_of_time
-            halt, diverged, elapsed = hardware.agree(
+            halt, diverged, elapsed = distributed.agree(
                 stopping, run.bad_loss is not None, elapsed, ddp, run.device
             )
             if halt and not diverged:
@@ -840,17 +849,19 @@ def train(run: Run, stop: threading.Event) -> str | None:
                 )
             if halt or diverged:
                 break
-            loss = next_step(run, model, scaler, elapsed)
+            loss = scheduled_step(run, model, scaler, elapsed)
             run.progress.advance(run_progress(run.step, time.perf_counter() - start, c))
             if run.step % 10 == 0:  # reading the loss waits for the GPU: not every step
-                run.bad_loss = run.progress.report(run.step, loss.item(), run.optimizers)
+                loss = loss.item()
+                run.progress.report(run.step, loss, run.optimizers)
+                run.bad_loss = None if math.isfinite(loss) else loss
             if run.step % c.eval_interval == 0 and ddp.is_main and run.bad_loss is None:
-                save_if_best(run, evaluate(run, time.perf_counter() - start))
+                evaluate_and_save(run, time.perf_counter() - start)
                 last_eval = run.step
         if run.step != last_eval and ddp.is_main and run.bad_loss is None:
-            save_if_best(run, evaluate(run, time.perf_counter() - start))
+            evaluate_and_save(run, time.perf_counter() - start)
     del model  # DDP's reference cycles hold the process group: free them before leaving it
-    hardware.leave_distributed(ddp)
+    distributed.leave_distributed(ddp)
     return final_score(run, why) if ddp.is_main else None
 
 
@@ -876,15 +887,52 @@ def final_score(run: Run, why: str) -> str:
     return f"best val loss {run.best_val_loss:.4f} at iter {run.best_step} -> {config.out}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """python bigram.py: the command line turns flags into a checked run, then calls train()."""
-    from scratchgpt import train_cli  # it imports this file, so only when the command runs
+# -----------------------------------------------------------------------------
+# The command: python bigram.py
 
-    return train_cli.main(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """python bigram.py: the command line (scratchgpt/train_cli.py) reads the flags as
+    TrainConfig's, then calls train_from_flags. It is handed what it needs of this file rather
+    than importing it, so that the plumbing never depends on the model file."""
+    return train_cli.main(argv, TrainConfig, train_from_flags)
+
+
+def train_from_flags(
+    args: argparse.Namespace, ddp: distributed.Distributed, device: torch.device
+) -> str | None:
+    """The run the flags ask for, its settings, checkpoints, corpus and files checked first
+    (train_cli), on the shape and precision this machine trains best (train_cli.choose_for_machine)
+    when the flags leave them open; then trained. Returns the summary line (rank 0)."""
+    say = print if ddp.is_main else lambda *a, **k: None
+    read_model = partial(checkpoint.model_config, config_class=GPTConfig, model_types=MODEL_TYPES)
+    with distributed.rank_zero_first(ddp):
+        config, resumed, source = train_cli.prepare_settings(args, device, ddp, TrainConfig,
+                                                             read_model)  # fmt: skip
+        data = train_cli.prepare_corpus(config, resumed or source, resumed is not None, say)
+    candidates, choice = train_cli.machine_candidates(args, config, device, ddp), None
+    if candidates:
+        config, choice = train_cli.choose_for_machine(candidates, data, device, step_timer)
+    run = start_run(config, data, device, ddp, resume=resumed, init_from=source)
+    if ddp.is_main and resumed is not None:
+        runlog.trim_log(runlog.log_path(config.out), run.step)
+    if choice is not None:
+        run.elapsed_before = choice.measured_for  # the budget includes the measurement
+    preset_picked = not args.resume and not args.preset
+    say(train_cli.describe(run, choice.line() if choice else None, preset_picked))
+    with train_cli.stop_requests() as stop:
+        try:
+            return train(run, stop)
+        except TrainingStopped as e:
+            raise UserError(train_cli.stopped_early(*e.args)) from None
+
+
+def step_timer(config: TrainConfig, data: corpus.Corpus, device: torch.device) -> Callable:
+    """One training step of config's run, as train() takes it: what the machine's choice times."""
+    run = start_run(config, data, device, distributed.Distributed())
+    return partial(scheduled_step, run, run.model, make_scaler(device, run.dtype), 0.0)
 
 
 if __name__ == "__main__":
-    from scratchgpt.files import setup_console
-
     setup_console()
     raise SystemExit(main())

@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 
-from scratchgpt.cli import read_line
-from scratchgpt.files import UserError
+from scratchgpt.cli import UserError, read_line
 
 # A line that opens a speech: one to four capitalised words and a colon (ROMEO:, KING RICHARD
 # III:, First Citizen:). In Tiny Shakespeare 99.8% of speeches open so, and 3 of its 25,558

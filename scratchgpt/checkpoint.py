@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from scratchgpt import files
-from scratchgpt.files import UserError
+from scratchgpt.cli import UserError
 
 # The repository's checkpoint folder, wherever the scripts are run from.
 CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"

@@ -1,11 +1,18 @@
-"""What the commands share on the command line: flags made from a config's fields, the range
-of a seed, how much text one generation command may write, and reading a line typed or piped."""
+"""What the commands share on the command line: the error a user can mend (UserError, shown as
+one line), a console that does not stop the work (setup_console), flags made from a config's
+fields, the range of a seed, how much text one generation command may write, and reading a line
+typed or piped."""
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 
-from scratchgpt.files import UserError
+
+class UserError(Exception):
+    """A problem with the user's input or environment: shown as one line, never a traceback."""
+
 
 MAX_INT = 2**63 - 1  # the largest 64-bit integer: numpy, torch and the log hold no larger one
 MAX_SEED = MAX_INT  # numpy's SeedSequence and torch's generators both take 0 .. 2**63 - 1
@@ -69,3 +76,72 @@ def read_line(marker: str) -> str:
         print(marker, end="", file=sys.stderr, flush=True)  # input() would write it to stdout
         line = input()
     return line.removesuffix("\r")
+
+
+class ForgivingStream:
+    """A console stream that may fail: once a write fails (its reader is gone, `| head` exited,
+    the disk under a redirected log is full), output is dropped instead of killing the work it
+    reports on. The real file descriptor then points at /dev/null, so that Python's own flush at
+    exit stays quiet too."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if self.stream is not None:
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):  # EPIPE, EBADF, or a closed file
+                self.give_up()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.stream is not None:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self.give_up()
+
+    def give_up(self) -> None:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        self.stream = None
+
+    def isatty(self) -> bool:
+        return self.stream is not None and self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:  # tqdm draws its bar in Unicode only where the stream takes it
+        return self.stream.encoding if self.stream is not None else "ascii"
+
+    def fileno(self) -> int:
+        if self.stream is None:
+            raise OSError("stdout is gone")
+        return self.stream.fileno()
+
+
+def setup_console(forgive_lost_stdout: bool = True) -> None:
+    """For the command line: characters the console cannot show (an emoji on a Windows cp1252
+    console) print as '?' instead of raising, SIGTERM unwinds like Ctrl-C (so temporary files are
+    removed), a failing stderr (closed, or a full disk under `2> log`) silences the progress and
+    the notes rather than the work, and with forgive_lost_stdout a run outlives a closed stdout
+    or `| head`."""
+    for fd, name in ((1, "stdout"), (2, "stderr")):
+        if getattr(sys, name) is None:  # started with it closed: keep fd from becoming a data file
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            if devnull != fd:
+                os.dup2(devnull, fd)
+                os.close(devnull)
+            setattr(sys, name, open(fd, "w", closefd=False))  # lives as long as the process
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
+    sys.stderr = ForgivingStream(sys.stderr)
+    if forgive_lost_stdout:
+        sys.stdout = ForgivingStream(sys.stdout)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

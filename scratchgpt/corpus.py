@@ -16,11 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from scratchgpt.files import UserError, atomic_file, check_size, unreadable_reason
+from scratchgpt.cli import UserError
+from scratchgpt.files import atomic_file, check_size, unreadable_reason
 
 # The repository's data folder, wherever the scripts are run from.
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 DATASET_FILES = {"shakespeare": DATA_DIR / "input.txt", "reddit": DATA_DIR / "reddit.rar"}
+DEFAULT_DATASET = "shakespeare"
 CACHE_DIR = DATA_DIR / "cache"  # token files built from archives
 # A corpus is held in memory several times over while it is read (its bytes, the text, the
 # tokens): past this a laptop runs out of memory before training starts.
@@ -74,6 +76,11 @@ def encode(text: str, vocab: list[str]) -> np.ndarray:
 
 def decode(ids, vocab: list[str]) -> str:
     return "".join(vocab[i] for i in ids)
+
+
+def default_prompt(vocab: list[str]) -> str:
+    """What a sample continues when given nothing: a newline, the start of a line of text."""
+    return "\n" if "\n" in vocab else vocab[0]
 
 
 def download_shakespeare(path: Path) -> None:

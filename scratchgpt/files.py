@@ -1,4 +1,4 @@
-"""What ScratchGPT promises about your files (and the console it prints to), in one place.
+"""What ScratchGPT promises about your files, in one place.
 
 - Every file it writes appears whole or not at all (atomic_file), with the permissions your
   umask gives, like any other file you create. A file that must be new is created in the same
@@ -12,7 +12,8 @@
 - Temporary files that a killed run left behind are removed by the next run on the same path.
 - Ctrl-C or SIGTERM during a save takes effect when the save ends (signals_held).
 - A checkpoint whose pickle would run code is named as such (pickled_imports).
-- A console that cannot show a character, or that goes away, does not stop a run (setup_console).
+
+The console a command prints to is set up in cli.py (setup_console).
 """
 
 import errno
@@ -21,7 +22,6 @@ import os
 import pickletools
 import signal
 import stat
-import sys
 import tempfile
 import threading
 import zipfile
@@ -30,14 +30,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from scratchgpt.cli import UserError
+
 try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
-
-
-class UserError(Exception):
-    """A problem with the user's input or environment: shown as one line, never a traceback."""
 
 
 # The folder of the model shipped with the repository: no command writes into it.
@@ -339,72 +337,3 @@ def pickled_imports(path: Path) -> list[str]:
     except Exception:  # damaged past this point: what was read is what we know
         pass
     return [name for name in imports if not name.startswith(TORCH_PICKLE_IMPORTS)]
-
-
-class ForgivingStream:
-    """A console stream that may fail: once a write fails (its reader is gone, `| head` exited,
-    the disk under a redirected log is full), output is dropped instead of killing the work it
-    reports on. The real file descriptor then points at /dev/null, so that Python's own flush at
-    exit stays quiet too."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        if self.stream is not None:
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):  # EPIPE, EBADF, or a closed file
-                self.give_up()
-        return len(text)
-
-    def flush(self) -> None:
-        if self.stream is not None:
-            try:
-                self.stream.flush()
-            except (OSError, ValueError):
-                self.give_up()
-
-    def give_up(self) -> None:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
-        self.stream = None
-
-    def isatty(self) -> bool:
-        return self.stream is not None and self.stream.isatty()
-
-    @property
-    def encoding(self) -> str:  # tqdm draws its bar in Unicode only where the stream takes it
-        return self.stream.encoding if self.stream is not None else "ascii"
-
-    def fileno(self) -> int:
-        if self.stream is None:
-            raise OSError("stdout is gone")
-        return self.stream.fileno()
-
-
-def setup_console(forgive_lost_stdout: bool = True) -> None:
-    """For the command line: characters the console cannot show (an emoji on a Windows cp1252
-    console) print as '?' instead of raising, SIGTERM unwinds like Ctrl-C (so temporary files are
-    removed), a failing stderr (closed, or a full disk under `2> log`) silences the progress and
-    the notes rather than the work, and with forgive_lost_stdout a run outlives a closed stdout
-    or `| head`."""
-    for fd, name in ((1, "stdout"), (2, "stderr")):
-        if getattr(sys, name) is None:  # started with it closed: keep fd from becoming a data file
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            if devnull != fd:
-                os.dup2(devnull, fd)
-                os.close(devnull)
-            setattr(sys, name, open(fd, "w", closefd=False))  # lives as long as the process
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")
-    sys.stderr = ForgivingStream(sys.stderr)
-    if forgive_lost_stdout:
-        sys.stdout = ForgivingStream(sys.stdout)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)

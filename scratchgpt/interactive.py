@@ -1,21 +1,22 @@
-"""python MODEL.py -i: the model loaded once, prompts and commands read line by line."""
+"""python MODEL.py -i: the model loaded once, prompts and commands read line by line.
+
+MODEL.py hands over the sampler (bigram.generate_tokens) with the model: this module does not
+import bigram.py, so that the file is loaded once, by the command that runs it."""
 
 import argparse
 import io
 import math
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from bigram import default_prompt, generate_tokens
-from scratchgpt import hardware
-from scratchgpt.cli import MAX_CHARS, MAX_SEED, read_line
-from scratchgpt.corpus import encode
-from scratchgpt.files import UserError
+from scratchgpt import machine
+from scratchgpt.cli import MAX_CHARS, MAX_SEED, UserError, read_line
+from scratchgpt.corpus import default_prompt, encode
 
 HELP = r"""Type a line and the model continues it; its text goes to stdout, all else to stderr.
   A line is sent with its newline, as typed: 'ROMEO:' asks for what follows that line.
@@ -44,7 +45,8 @@ class Session:
 
     model: nn.Module
     vocab: list[str]
-    device: torch.device
+    generation: machine.Generation  # the device and precision it writes in
+    sample: Callable[..., Iterator[torch.Tensor]]  # bigram.generate_tokens
     generator: torch.Generator
     use_kv_cache: bool
     temperature: float
@@ -168,10 +170,11 @@ def continue_text(session: Session, prompt: str) -> None:
         tell(f"error: prompt: {e}")
         return
     s, written = session, ""
+    ids = ids.to(s.generation.device)[None]
     try:
-        with hardware.autocast(s.device, hardware.generation_dtype(s.device)):
-            for step in generate_tokens(
-                s.model, ids.to(s.device)[None], s.chars, s.temperature, s.top_k, s.top_p,
+        with s.generation.autocast():
+            for step in s.sample(
+                s.model, ids, s.chars, s.temperature, s.top_k, s.top_p,
                 use_kv_cache=s.use_kv_cache, generator=s.generator,
             ):  # fmt: skip
                 written += s.vocab[step.item()]
@@ -196,14 +199,18 @@ def run_line(session: Session, line: str) -> bool:
     return True
 
 
-def interactive(args: argparse.Namespace, model: nn.Module, vocab: list[str], device, path) -> None:
-    """Continue the prompts typed (or piped) line by line with model (loaded from path), until
-    the input ends."""
+def interactive(
+    args: argparse.Namespace, model: nn.Module, vocab: list[str], generation: machine.Generation,
+    path: str, sample: Callable[..., Iterator[torch.Tensor]],
+) -> None:  # fmt: skip
+    """Continue the prompts typed (or piped) line by line with model (loaded from path), writing
+    with sample (bigram.generate_tokens), until the input ends."""
     session = Session(
         model=model,
         vocab=vocab,
-        device=device,
-        generator=torch.Generator(device=device).manual_seed(args.seed),
+        generation=generation,
+        sample=sample,
+        generator=torch.Generator(device=generation.device).manual_seed(args.seed),
         use_kv_cache=not args.no_kv_cache,
         temperature=args.temperature,
         top_k=args.top_k,

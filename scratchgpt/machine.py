@@ -5,7 +5,10 @@
 - choose_training: the model shape (a CPU preset) and precision predicted to reach the lowest
   validation loss in a run's time budget, from the step times measured here and a committed table
   of loss against steps for each shape (shape_losses.json);
-- choose_fastest: the faster of two ways to run one step (generation's weights).
+- choose_fastest: the faster of two ways to run one step (generation's weights, Generation).
+
+It also holds what follows from the hardware without timing: the device, autocast, the memory a
+shape needs, and the heap's settings.
 
 Each measurement is made once and kept in a small JSON file in the user's cache folder
 (cache_path), under a key naming the CPU, torch's version, the thread count, the kernel
@@ -14,6 +17,8 @@ torch or code measures again. A missing, stale, damaged or unwritable cache only
 again, never an error.
 """
 
+import copy
+import ctypes
 import hashlib
 import json
 import math
@@ -22,16 +27,19 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Hashable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import cache, partial
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from scratchgpt import files
+from scratchgpt.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_FILES = ("bigram.py", "scratchgpt/hardware.py", "scratchgpt/machine.py")  # what is timed
+CODE_FILES = ("bigram.py", "scratchgpt/kernels.py", "scratchgpt/machine.py")  # what is timed
 SHAPE_TABLE = Path(__file__).with_name("shape_losses.json")
 SAME_LENGTH = 1.15  # runs of the table within 15% of each other in steps are one point
 CACHE_MAX_BYTES = 1 << 20  # the cache holds a few figures: anything bigger is not ours
@@ -153,6 +161,46 @@ def bf16_is_native(rate: Callable[[torch.dtype], float] = matmul_rate) -> bool:
             rates[dtype] = rate(dtype)
             remember({name: rates[dtype]})
     return rates[torch.bfloat16] >= rates[torch.float32]
+
+
+# -----------------------------------------------------------------------------
+# Device and precision
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether this device multiplies bf16 matrices in hardware (emulated bf16 does not count)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and bf16_is_native()
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA if present, else Apple MPS, else CPU; an unavailable choice is an error."""
+    mps_available = torch.backends.mps.is_available()
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu"
+    elif name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available (try --device cpu)")
+    elif name == "mps" and not mps_available:
+        raise UserError("--device mps: Apple MPS is not available (try --device cpu)")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The autocast precision: bf16 where the hardware does it natively, float32 otherwise."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if name == "float16" and device.type == "cpu":
+        raise UserError("--dtype float16 needs a GPU; use bfloat16 or float32 on the CPU")
+    if name == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--dtype bfloat16: this GPU has no bf16; use float16 or float32")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def autocast(device: torch.device, dtype: torch.dtype):
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # -----------------------------------------------------------------------------
@@ -317,3 +365,152 @@ def choose_training(
     predicted = {(p, d): predicted_loss(table[p], n) for (p, d), n in steps.items()}
     preset, dtype = min(predicted, key=lambda c: (predicted[c], seconds[c]))  # a tie: the faster
     return TrainingChoice(preset, dtype, seconds, predicted, budget_s, measured_for, path)
+
+
+# -----------------------------------------------------------------------------
+# Generation: decided once when a model loads
+
+
+@dataclass(frozen=True)
+class Generation:
+    """How this machine generates with a loaded model, decided once (choose_generation) and
+    handed to everything that writes: the device, autocast's precision (a GPU's training
+    precision; none on a CPU, whose weights are cast once instead), and the line saying how the
+    weights were chosen when they were timed."""
+
+    device: torch.device
+    dtype: torch.dtype
+    line: str | None = None
+
+    def autocast(self) -> AbstractContextManager:
+        return autocast(self.device, self.dtype)
+
+
+def choose_generation(
+    model: nn.Module, device: torch.device, weights: str = "auto",
+    seconds_per_step: Callable[[nn.Module, int], float] | None = None, batch_size: int = 1,
+) -> tuple[nn.Module, Generation]:  # fmt: skip
+    """The model with the weights this machine generates fastest with (generation_weights, timed
+    by seconds_per_step on a CPU), and how it generates."""
+    if device.type != "cpu":
+        return model, Generation(device, resolve_dtype("auto", device))
+    model, line = generation_weights(model, weights, seconds_per_step, batch_size)
+    return model, Generation(device, torch.float32, line)
+
+
+def matrix_vector_kernels(model: nn.Module, batch_size: int) -> AbstractContextManager:
+    """The kernels for one new token: with one sample, every product is a matrix times a vector.
+    For bf16 weights PyTorch's own kernel reads them faster than oneDNN's, which PyTorch prefers
+    on a CPU: oneDNN is switched off for these steps only. Longer passes (the prompt) keep it, and
+    so do float32 weights, for which oneDNN is faster at small sizes."""
+    weight = next(model.parameters())
+    if weight.device.type != "cpu" or weight.dtype == torch.float32 or batch_size > 1:
+        return nullcontext()
+    return torch.backends.mkldnn.flags(
+        enabled=False, deterministic=None, allow_tf32=None, fp32_precision=None
+    )  # only the first flag changes
+
+
+def cache_dtype(model: nn.Module) -> torch.dtype:
+    """The KV cache's dtype: the weights', widened to float32 on a CPU, where attention runs in
+    float32 (scaled_dot_product_attention): keys and values are cast once, when stored."""
+    weight = next(model.parameters())
+    if weight.device.type != "cpu":
+        return weight.dtype
+    return torch.promote_types(weight.dtype, torch.float32)
+
+
+def generation_weights(
+    model: nn.Module, choice: str, seconds_per_step: Callable[[nn.Module, int], float],
+    batch_size: int = 1,
+) -> tuple[nn.Module, str | None]:  # fmt: skip
+    """The weights a CPU generates with, and a line saying why when they were chosen here.
+
+    Every character reads every weight, and bf16 weights are half the bytes, but which is faster
+    depends on the CPU's instructions and cache. "auto" times float32 and bf16 weights once for
+    this model's shape and batch_size on this machine (seconds_per_step) and keeps the answer in
+    the machine's cache, so a seed writes the same text on every later run; "fastest" times them
+    again now.
+    Where bf16 is emulated, float32 is used untimed. Casting once beats autocast casting the
+    weights at every step."""
+    if choice == "bfloat16":
+        return model.to(torch.bfloat16), None
+    if choice == "float32" or not bf16_is_native():
+        return model, None
+    bf16 = cache(lambda: copy.deepcopy(model).to(torch.bfloat16))  # made only when used
+    steps = {"float32": partial(seconds_per_step, model, batch_size),
+             "bfloat16": lambda: seconds_per_step(bf16(), batch_size)}  # fmt: skip
+    shapes = sorted((name, tuple(p.shape)) for name, p in model.named_parameters())
+    shape = hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]
+    name = f"generate step {shape}, batch {batch_size}"
+    best, times, timed = choose_fastest(name, steps, remeasure=choice == "fastest")
+    other = "float32" if best == "bfloat16" else "bfloat16"
+    how = "timed here" if timed else "timings cached"
+    line = (f"weights: {best}, {times[best] * 1000:.1f} ms a step against "
+            f"{times[other] * 1000:.1f} for {other} ({how} in {cache_path()}; "
+            "--weights overrides)")  # fmt: skip
+    return (bf16() if best == "bfloat16" else model), line
+
+
+# -----------------------------------------------------------------------------
+# Memory: a shape that cannot fit is refused before it is allocated
+
+
+def memory_needed(config, batch_size: int, training: bool) -> int:
+    """Rough bytes to run (or train) a model of config's shape: weights, and for training their
+    gradients and two AdamW moments plus the activations kept for the backward pass."""
+    C, T, L, V = config.n_embd, config.block_size, config.n_layer, config.vocab_size
+    parameters = 12 * L * C * C + C * (2 * V + T)
+    if not training:
+        return 4 * parameters + 2 * 4 * L * batch_size * T * C  # float32 weights, KV cache
+    activations = batch_size * T * (20 * 4 * L * C + 3 * 4 * V)  # ~20 floats per channel-layer
+    return 16 * parameters + activations
+
+
+def memory_available(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on every system
+        return None
+
+
+def check_memory(
+    config, batch_size: int, training: bool, device: torch.device,
+    advice: str = "choose a smaller shape",
+) -> None:  # fmt: skip
+    """Refuse, with the figures, a shape that would not fit: allocating it would fail or hang."""
+    needed = memory_needed(config, batch_size, training)
+    available = memory_available(device)
+    if available is not None and needed > available:
+        sequences = "one sequence" if batch_size == 1 else f"{batch_size:,} sequences at once"
+        raise UserError(
+            f"a model with n_layer {config.n_layer}, n_embd {config.n_embd}, block_size "
+            f"{config.block_size} needs about {needed / 2**30:,.1f} GiB for {sequences}, more "
+            f"than the {available / 2**30:,.1f} GiB of this {device.type}: {advice}"
+        )
+
+
+# glibc's mallopt settings (malloc.h): how large a freed block may be and stay in the heap.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+HEAP_BLOCK_MAX = 32 << 20  # glibc's ceiling for M_MMAP_THRESHOLD on a 64-bit system
+HEAP_KEEP = 1 << 30  # free memory at the heap's top is returned to the system beyond this
+
+
+def reuse_freed_memory() -> bool:
+    """Keep freed activations in the process's heap for the next step to reuse. By default
+    glibc hands each block of a few MB back to the system when it is freed, and the system
+    zeroes fresh pages for the next step: the `cpu` preset's step then takes about 15,000 page
+    faults (docs/performance.md). Returns whether the C library took the settings (glibc only)."""
+    if os.name != "posix":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, HEAP_BLOCK_MAX)) and bool(
+        mallopt(M_TRIM_THRESHOLD, HEAP_KEEP)
+    )

@@ -10,7 +10,6 @@ every evaluation. matplotlib is optional: `pip install matplotlib`.
 
 import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable
@@ -252,14 +251,27 @@ def plot_logs(logs: list[Path]) -> Path:
 PROGRESS_BAR = "{percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}"
 
 
+def evaluation_lines(record: dict) -> str:
+    """An evaluation's record as the console shows it: the losses, the exhaustive val loss when
+    there is one, then the sample, indented."""
+    lines = [f"iter {record['iter']}: train loss {record['train_loss']:.4f}, val loss "
+             f"{record['val_loss']:.4f} ({record['val_bpc']:.3f} bits/char)"]  # fmt: skip
+    if "exhaustive_val_loss" in record:
+        loss = record["exhaustive_val_loss"]
+        lines.append(f"    exhaustive val loss {loss:.4f} ({record['exhaustive_val_bpc']:.3f} "
+                     "bits/char)")  # fmt: skip
+    if "sample" in record:
+        lines += [f"    | {line}" for line in record["sample"].split("\n")]
+    return "\n".join(lines)
+
+
 class Progress:
     """A run on the console: a bar of the share of the run done (so its time left is right
     whichever budget, steps or minutes, ends the run), with the step, loss, learning rate and
-    speed; what training prints goes above it. It also holds the run's picture."""
+    speed; what training prints goes above it."""
 
-    def __init__(self, checkpoint: str, done: float, step: int, tokens_per_step: int, show: bool):
+    def __init__(self, done: float, step: int, tokens_per_step: int, show: bool):
         self.bar = tqdm(total=1.0, initial=done, bar_format=PROGRESS_BAR, disable=not show)
-        self.picture = RunPicture(picture_path(checkpoint), note=self.bar.write)
         self.tokens_per_step, self.tokens_per_sec = tokens_per_step, 0.0
         self.since, self.since_step = time.perf_counter(), step
 
@@ -269,16 +281,14 @@ class Progress:
     def advance(self, done: float) -> None:
         self.bar.update(done - self.bar.n)
 
-    def report(self, step: int, loss: float, optimizers: list) -> float | None:
-        """Show the loss, the learning rate and the speed since the last report; returns the
-        loss if it is not finite (training diverged), else None."""
+    def report(self, step: int, loss: float, optimizers: list) -> None:
+        """Show the loss, the learning rate and the speed since the last report."""
         now = time.perf_counter()
         self.tokens_per_sec = (step - self.since_step) * self.tokens_per_step / (now - self.since)
         self.since, self.since_step = now, step
         lr = optimizers[0].param_groups[0]["lr"]
         self.bar.set_postfix(iter=step, loss=f"{loss:.4f}", lr=f"{lr:.2e}",
                              tok_s=f"{self.tokens_per_sec:,.0f}")  # fmt: skip
-        return None if math.isfinite(loss) else loss
 
     def close(self) -> None:
         self.bar.close()

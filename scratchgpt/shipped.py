@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from scratchgpt import checkpoint, files
-from scratchgpt.files import UserError
+from scratchgpt.cli import UserError
 
 MODEL_PATH = files.SHIPPED_DIR / "shakespeare.pt"
 CARD_PATH = files.SHIPPED_DIR / "README.md"

@@ -1,6 +1,13 @@
 """bigram.py's command line: flags to a checked TrainConfig, the corpus, the checkpoint a run
 continues (--resume) or starts from (--init-from), and the files it writes, all checked before
-training starts; then bigram.train(), with Ctrl-C turned into a request to stop."""
+training starts; the preset this machine trains best in its time budget; Ctrl-C turned into a
+request to stop.
+
+bigram.main() drives the command and hands this module what it needs of the model file: the
+config class (TrainConfig, which carries the presets and architectures), the reader of a
+checkpoint's model settings, a training step to time, and the training itself. This module never
+imports bigram.py: the plumbing depends on the model, not the other way round, and
+`python bigram.py` loads the file once."""
 
 import argparse
 import hashlib
@@ -12,39 +19,47 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
-import bigram
-from bigram import ARCHITECTURES, PRESETS, TrainConfig
-from scratchgpt import checkpoint, corpus, files, hardware, machine, reddit, runlog
-from scratchgpt.cli import add_flags, check_seed, flag, flag_fields, typed_flag
-from scratchgpt.files import UserError
+from scratchgpt import checkpoint, corpus, distributed, files, machine, reddit, runlog
+from scratchgpt.cli import UserError, add_flags, check_seed, flag, flag_fields, typed_flag
 
-# The settings a trained model fixes: --resume and --init-from refuse to change them.
-MODEL_SHAPE = ("model", *(f.name for f in fields(bigram.GPTConfig) if f.metadata.get("shape")))
-# What --resume continues as it was saved: another value would be another run.
-KEPT_ON_RESUME = {
-    **dict.fromkeys((*MODEL_SHAPE, "optimizer"), "the saved model's shape and optimizer"),
-    **dict.fromkeys(("dataset", "clean", "max_vocab"), "the corpus as the saved run read it"),
-}
+# What the config class (bigram.TrainConfig) is: the settings of a run, each a --flag, with its
+# named presets and architectures, the settings of the model marked `shape`.
+Config = Any
 MAX_SAMPLE_CHARS = 100_000  # a sample at each evaluation: longer would cost more than training
-# What the shape table's runs fix (machine.py): a run given any of them trains its own shape.
-TABLE_RECIPE = ("model", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
-                "arch", *ARCHITECTURES["classic"])  # fmt: skip
-# What a training step's speed depends on: a cached step time is kept under a hash of these.
+# What the shape table's runs fix (machine.py), with the architecture's switches: a run given any
+# of them trains its own shape.
+TABLE_SHAPE = ("model", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum")
+# What a training step's speed depends on besides the model's settings: a cached step time is
+# kept under a hash of them.
 STEP_SETTINGS = ("batch_size", "grad_accum", "optimizer", "dtype", "dropout", "compile")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def model_shape(config_class: type) -> tuple[str, ...]:
+    """The settings a trained model fixes: --resume and --init-from refuse to change them."""
+    return ("model", *(f.name for f in fields(config_class) if f.metadata.get("shape")))
+
+
+def kept_on_resume(config_class: type) -> dict[str, str]:
+    """What --resume continues as it was saved, and why: another value would be another run."""
+    return {
+        **dict.fromkeys((*model_shape(config_class), "optimizer"),
+                        "the saved model's shape and optimizer"),
+        **dict.fromkeys(("dataset", "clean", "max_vocab"), "the corpus as the saved run read it"),
+    }  # fmt: skip
+
+
+def parse_args(argv: list[str] | None, config_class: type) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a character-level GPT (or the bigram baseline).")
     # Given flags override the preset (or, with --resume, the checkpoint's settings).
     arch_help = "the switches below at once; default: the preset's (cpu: modern)"
-    p.add_argument("--arch", choices=ARCHITECTURES, help=arch_help)
-    add_flags(p, TrainConfig)
+    p.add_argument("--arch", choices=config_class.architectures, help=arch_help)
+    add_flags(p, config_class)
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--plot", nargs="+", type=Path, metavar="RUN.jsonl",
                    help="draw these training logs into one picture, then exit")  # fmt: skip
@@ -55,49 +70,57 @@ def default_preset(device: torch.device) -> str:
     """gpu on CUDA; on a CPU, the preset of its class: with bf16 instructions or without."""
     if device.type == "cuda":
         return "gpu"
-    return "cpu" if hardware.native_bf16(device) else "cpu-float32"
+    return "cpu" if machine.native_bf16(device) else "cpu-float32"
 
 
-def make_config(args: argparse.Namespace, device: torch.device, saved: dict | None) -> TrainConfig:
+def make_config(
+    args: argparse.Namespace, device: torch.device, saved: dict | None, config_class: type
+) -> Config:
     """Preset (or the resumed run's saved settings), then the flags given on the command line."""
-    given = {f.name: getattr(args, f.name) for f in flag_fields(TrainConfig)}
+    given = {f.name: getattr(args, f.name) for f in flag_fields(config_class)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
-    arch = ARCHITECTURES[args.arch] if args.arch else {}  # switches given one by one win
+    arch = config_class.architectures[args.arch] if args.arch else {}  # switches one by one win
     if saved is not None:
         if "preset" in given:
             raise UserError("--resume continues the saved settings; drop --preset")
-        for name, kept in KEPT_ON_RESUME.items():
+        for name, kept in kept_on_resume(config_class).items():
             value = given.get(name, arch.get(name))
             if value is not None and value != saved.get(name):
                 which = typed_flag(name, value) if name in given else "--arch"
                 raise UserError(f"--resume keeps {kept}; drop {which}")
-        return new_config({**saved, **arch, **given})  # --arch's schedule applies
+        return new_config({**saved, **arch, **given}, config_class)  # --arch's schedule applies
     preset = given.get("preset") or default_preset(device)
-    config = new_config({**PRESETS[preset], **arch, **given, "preset": preset})
+    settings = {**config_class.presets[preset], **arch, **given, "preset": preset}
+    config = new_config(settings, config_class)
     config.data = str(corpus_path(config.dataset, config.data))
     return config
 
 
-def new_config(settings: dict) -> TrainConfig:
+def new_config(settings: dict, config_class: type) -> Config:
     try:
-        return TrainConfig(**settings)
+        return config_class(**settings)
     except ValueError as e:  # GPTConfig's checks of the model's shape
         raise UserError(str(e)) from None
 
 
-def arch_name(config: TrainConfig) -> str:
+def switches(config: Config) -> dict:
+    """The architecture's switches the config is set to (those the classic recipe names)."""
+    return {name: getattr(config, name) for name in type(config).architectures["classic"]}
+
+
+def arch_name(config: Config) -> str:
     """The architecture whose switches the config has, or "custom"."""
-    switches = {name: getattr(config, name) for name in ARCHITECTURES["classic"]}
-    return next((name for name, arch in ARCHITECTURES.items() if arch == switches), "custom")
+    known = type(config).architectures.items()
+    return next((name for name, arch in known if arch == switches(config)), "custom")
 
 
-def recipe(config: TrainConfig) -> str:
+def recipe(config: Config) -> str:
     """The architecture's name and its switches: what the run is made of."""
-    details = ", ".join(f"{name}={getattr(config, name)}" for name in ARCHITECTURES["classic"])
+    details = ", ".join(f"{name}={value}" for name, value in switches(config).items())
     return f"{arch_name(config)} ({details})"
 
 
-def validate(config: TrainConfig) -> None:
+def validate(config: Config) -> None:
     positive = ["batch_size", "grad_accum", "max_iters", "eval_interval", "eval_iters"]
     for name in positive:
         if getattr(config, name) < 1:
@@ -127,7 +150,7 @@ def validate(config: TrainConfig) -> None:
         raise UserError("--decay-share must be in (0, 1]")
     if config.distill_weight > 1 or config.distill_temperature == 0:
         raise UserError("--distill-weight must be in [0, 1] and --distill-temperature above 0")
-    for f in fields(TrainConfig):  # a damaged checkpoint's settings can hold anything
+    for f in fields(config):  # a damaged checkpoint's settings can hold anything
         choices = f.metadata.get("choices")
         if choices and f.name != "backend" and getattr(config, f.name) not in choices:
             raise UserError(f"{flag(f.name)} must be one of {', '.join(choices)}")
@@ -136,11 +159,11 @@ def validate(config: TrainConfig) -> None:
         raise UserError(f"--sample-chars must be between 0 and {MAX_SAMPLE_CHARS:,}")
 
 
-def is_reddit(config: TrainConfig) -> bool:
+def is_reddit(config: Config) -> bool:
     return config.dataset == "reddit" or reddit.is_rar(Path(config.data))
 
 
-def load_corpus(config: TrainConfig) -> corpus.Corpus:
+def load_corpus(config: Config) -> corpus.Corpus:
     path = Path(config.data)
     if is_reddit(config):
         return reddit.load_reddit(
@@ -166,7 +189,7 @@ def checkpoint_path(args: argparse.Namespace) -> Path:
     starting point (checkpoints/mytext-from-shakespeare.pt), never after the model it came from."""
     if args.out:
         return files.user_path(args.out, "--out", output_example="run.pt")
-    dataset = args.dataset or TrainConfig.dataset
+    dataset = args.dataset or corpus.DEFAULT_DATASET
     if args.init_from:
         data = corpus_path(dataset, args.data)
         return checkpoint.CHECKPOINT_DIR / f"{data.stem}-from-{Path(args.init_from).stem}.pt"
@@ -187,7 +210,7 @@ def run_outputs(out: Path) -> dict[str, Path]:
     }
 
 
-def run_inputs(config: TrainConfig) -> dict[str, Path]:
+def run_inputs(config: Config) -> dict[str, Path]:
     """The files a run reads, by what they are to it."""
     inputs = {"the corpus (--data)": Path(config.data)}
     if config.init_from:
@@ -197,7 +220,7 @@ def run_inputs(config: TrainConfig) -> dict[str, Path]:
     return inputs
 
 
-def check_paths(config: TrainConfig, resume: bool) -> None:
+def check_paths(config: Config, resume: bool) -> None:
     """No output of the run (run_outputs) is one of its inputs, and none replaces a file the run
     did not make: a new run finds none of them but a picture drawn by a run; --resume finds its
     own checkpoint, and a log that is a training log."""
@@ -227,7 +250,7 @@ def check_paths(config: TrainConfig, resume: bool) -> None:
         print(f"{log}: the log of a run whose checkpoint is gone, kept as {aside}", file=sys.stderr)
 
 
-def warn_ignored_flags(args: argparse.Namespace, config: TrainConfig) -> None:
+def warn_ignored_flags(args: argparse.Namespace, config: Config) -> None:
     ignored = []
     if not is_reddit(config) and args.max_vocab is not None:
         ignored.append("--max-vocab applies to Reddit archives only")
@@ -241,28 +264,31 @@ def warn_ignored_flags(args: argparse.Namespace, config: TrainConfig) -> None:
 # The checkpoint a run continues or starts from
 
 
-def load_resumable(out: Path) -> dict:
-    """The checkpoint --resume continues, with its training state checked before it is used."""
+def load_resumable(out: Path, config_class: type, read_model: Callable) -> dict:
+    """The checkpoint --resume continues, with its training state (against config_class) and its
+    model (read_model: bigram's reader of a checkpoint's model settings) checked before use."""
     if files.unreadable_reason(out) == "not found":
         raise UserError(
             f"--resume: there is no checkpoint at {out} to continue; without --resume a new "
             "run starts there"
         )
     saved = checkpoint.load_checkpoint(out)
-    checkpoint.check_resumable(saved, out, TrainConfig)
-    checkpoint.model_config(saved, out, bigram.GPTConfig, bigram.MODEL_TYPES)
+    checkpoint.check_resumable(saved, out, config_class)
+    read_model(saved, out)
     return saved
 
 
-def load_starting_point(args: argparse.Namespace) -> dict:
-    """The trained checkpoint --init-from fine-tunes: its shape wins over the preset's."""
+def load_starting_point(args: argparse.Namespace, config_class: type, read_model: Callable) -> dict:
+    """The trained checkpoint --init-from fine-tunes, its model checked (read_model): its shape
+    wins over the preset's."""
     if args.resume:
         raise UserError("--init-from starts a new run; --resume continues one: choose one")
-    given = [name for name in (*MODEL_SHAPE, "arch") if getattr(args, name) is not None]
+    shape = (*model_shape(config_class), "arch")
+    given = [name for name in shape if getattr(args, name) is not None]
     if given:
         raise UserError(f"--init-from: the shape comes from the checkpoint; drop {flag(given[0])}")
     source = checkpoint.load_checkpoint(args.init_from)
-    checkpoint.model_config(source, args.init_from, bigram.GPTConfig, bigram.MODEL_TYPES)
+    read_model(source, args.init_from)
     return source
 
 
@@ -276,7 +302,7 @@ def check_same_corpus(given: Path, saved: Path, out: Path) -> None:
         )
 
 
-def check_corpus_unchanged(saved: dict | None, now: dict, config: TrainConfig) -> None:
+def check_corpus_unchanged(saved: dict | None, now: dict, config: Config) -> None:
     """The corpus a run continues on is the one it trained on: another one moves the validation
     split (the last 10%) over text that was trained on, so its losses would not compare."""
     if saved is None or saved == now:  # a checkpoint without a record: nothing to compare
@@ -297,18 +323,20 @@ def check_corpus_unchanged(saved: dict | None, now: dict, config: TrainConfig) -
 
 
 def prepare_settings(
-    args: argparse.Namespace, device: torch.device, ddp: hardware.Distributed
-) -> tuple[TrainConfig, dict | None, dict | None]:
-    """The run's settings, with the checkpoint it continues (--resume) or starts from
-    (--init-from), all checked, and its files checked too (rank 0)."""
+    args: argparse.Namespace, device: torch.device, ddp: distributed.Distributed,
+    config_class: type, read_model: Callable,
+) -> tuple[Config, dict | None, dict | None]:  # fmt: skip
+    """The run's settings (a config_class), with the checkpoint it continues (--resume) or starts
+    from (--init-from), all checked (read_model checks a checkpoint's model), and its files
+    checked too (rank 0)."""
     out = checkpoint_path(args)
-    resumed = load_resumable(out) if args.resume else None
-    source = load_starting_point(args) if args.init_from else None
+    resumed = load_resumable(out, config_class, read_model) if args.resume else None
+    source = load_starting_point(args, config_class, read_model) if args.init_from else None
     if resumed is not None and args.data:
         check_same_corpus(Path(args.data), Path(resumed["config"].get("data", args.data)), out)
-    config = make_config(args, device, resumed["config"] if resumed else None)
+    config = make_config(args, device, resumed["config"] if resumed else None, config_class)
     if source is not None:
-        config = replace(config, **checkpoint.model_shape(source, MODEL_SHAPE))
+        config = replace(config, **checkpoint.model_shape(source, model_shape(config_class)))
     config.out = str(out)  # where the checkpoint is now, even if it was moved since
     validate(config)
     if ddp.is_main:
@@ -321,7 +349,7 @@ def prepare_settings(
 
 
 def prepare_corpus(
-    config: TrainConfig, trained: dict | None, resumed: bool, say: Callable[[str], None]
+    config: Config, trained: dict | None, resumed: bool, say: Callable[[str], None]
 ) -> corpus.Corpus:
     """The corpus, in the trained model's vocabulary when there is one, checked: unchanged since
     the run it resumes, and long enough for a validation window."""
@@ -347,14 +375,14 @@ def prepare_corpus(
     return data
 
 
-def describe(run: bigram.Run, machine_line: str | None, preset_picked: bool) -> str:
-    """What the run trains: preset (or the machine's choice, with its figures), architecture,
-    size, data, hardware, tokens per step."""
+def describe(run: Any, machine_line: str | None, preset_picked: bool) -> str:
+    """What a run (bigram.Run) trains: preset (or the machine's choice, with its figures),
+    architecture, size, data, hardware, tokens per step."""
     c, ddp = run.config, run.ddp
     train_tokens, val_tokens = (len(run.splits[s]) for s in ("train", "val"))
     lines = [
         f"architecture: {recipe(c)}",
-        f"{c.model}: {bigram.count_parameters(run.model) / 1e6:.2f}M parameters, vocab "
+        f"{c.model}: {run.model.num_parameters() / 1e6:.2f}M parameters, vocab "
         f"{len(run.data.vocab)}, {train_tokens:,} train / {val_tokens:,} val tokens, on "
         f"{ddp.world_size} x {run.device.type} in {str(run.dtype).removeprefix('torch.')}",
         f"tokens per optimizer step: {run.tokens_per_step:,} = batch {c.batch_size} x block "
@@ -373,8 +401,9 @@ def describe(run: bigram.Run, machine_line: str | None, preset_picked: bool) -> 
 
 
 def machine_candidates(
-    args: argparse.Namespace, config: TrainConfig, device: torch.device, ddp: hardware.Distributed
-) -> list[TrainConfig]:  # fmt: skip
+    args: argparse.Namespace, config: Config, device: torch.device,
+    ddp: distributed.Distributed,
+) -> list[Config]:  # fmt: skip
     """The runs a new CPU run chooses among by timing (machine.choose_training): each CPU preset
     of the shape table and each precision this CPU runs natively, less what the flags fix. Empty
     when nothing is left to choose: on a GPU, under torchrun, for --resume or --init-from, or
@@ -383,51 +412,37 @@ def machine_candidates(
     fixed = fixed or config.teacher  # the candidates' steps are timed without a teacher
     if fixed or args.preset or config.max_minutes * 60 < machine.MIN_BUDGET_S:
         return []
-    own_shape = any(getattr(args, name) is not None for name in TABLE_RECIPE)
+    own_shape = any(getattr(args, name) is not None for name in (*TABLE_SHAPE, "arch"))
+    own_shape = own_shape or any(getattr(args, name) is not None for name in switches(config))
     presets = [config.preset] if own_shape else list(machine.read_shape_table())
     dtypes = [config.dtype]
     if args.dtype is None:
-        dtypes = ["bfloat16", "float32"] if hardware.native_bf16(device) else ["float32"]
+        dtypes = ["bfloat16", "float32"] if machine.native_bf16(device) else ["float32"]
     given = {name for name in vars(args) if getattr(args, name) is not None}
+    named = type(config).presets
     candidates = [
-        replace(
-            config, preset=p, dtype=d, **{k: v for k, v in PRESETS[p].items() if k not in given}
-        )
+        replace(config, preset=p, dtype=d, **{k: v for k, v in named[p].items() if k not in given})
         for p in presets
         for d in dtypes
     ]
     return candidates if len(candidates) > 1 else []
 
 
-def step_timer(config: TrainConfig, data: corpus.Corpus, device: torch.device) -> Callable:
-    """One training step of config's model on the corpus, as train() takes it."""
-    config = replace(config, vocab_size=len(data.vocab))
-    model = bigram.MODEL_TYPES[config.model](bigram.GPTConfig(**bigram.model_settings(config)))
-    model = model.to(device)
-    optimizers = bigram.make_optimizers(model, config, device)
-    dtype = hardware.resolve_dtype(config.dtype, device)
-    scaler, tokens = bigram.make_scaler(device, dtype), np.asarray(data.tokens)
-    batches = torch.Generator().manual_seed(0)
-
-    def step() -> None:
-        micro = [bigram.get_batch(tokens, config, batches) for _ in range(config.grad_accum)]
-        bigram.train_step(model, optimizers, scaler, micro, config.grad_clip, device, dtype)
-
-    return step
-
-
-def step_name(config: TrainConfig) -> str:
+def step_name(config: Config) -> str:
     """What a cached step time is kept under: the settings its speed depends on."""
-    settings = bigram.model_settings(config) | {k: asdict(config)[k] for k in STEP_SETTINGS}
+    names = (*model_shape(type(config)), "vocab_size", *STEP_SETTINGS)
+    settings = {name: getattr(config, name) for name in names}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return f"train step {digest} ({config.preset}, {config.dtype})"
 
 
 def choose_for_machine(
-    candidates: list[TrainConfig], data: corpus.Corpus, device: torch.device
-) -> tuple[TrainConfig, machine.TrainingChoice]:
-    """The candidate predicted to end lowest in the time budget, from step times measured here
-    (or kept from an earlier run on this machine)."""
+    candidates: list[Config], data: corpus.Corpus, device: torch.device,
+    step_timer: Callable[[Config, corpus.Corpus, torch.device], Callable[[], object]],
+) -> tuple[Config, machine.TrainingChoice]:  # fmt: skip
+    """The candidate predicted to end lowest in the time budget, from the times of its training
+    steps (step_timer gives one, bigram.py's own) measured here, or kept from an earlier run on
+    this machine."""
     by_key = {(c.preset, c.dtype): c for c in candidates}
     steps = {key: step_timer(c, data, device) for key, c in by_key.items()}
     choice = machine.choose_training(
@@ -442,54 +457,8 @@ def choose_for_machine(
     return by_key[choice.preset, choice.dtype], choice
 
 
-def prepare_and_train(
-    args: argparse.Namespace, ddp: hardware.Distributed, device: torch.device
-) -> str | None:
-    """Everything checked, then train; returns the summary line (None on ranks other than 0)."""
-    say = print if ddp.is_main else lambda *a, **k: None
-    with hardware.rank_zero_first(ddp):
-        config, resumed, source = prepare_settings(args, device, ddp)
-        data = prepare_corpus(config, resumed or source, resumed is not None, say)
-    candidates, choice = machine_candidates(args, config, device, ddp), None
-    if candidates:
-        config, choice = choose_for_machine(candidates, data, device)
-    run = bigram.start_run(config, data, device, ddp, resume=resumed, init_from=source)
-    run.teacher = load_teacher(config, data.vocab, device)
-    if ddp.is_main and resumed is not None:
-        runlog.trim_log(runlog.log_path(config.out), run.step)
-    if choice is not None:
-        run.elapsed_before = choice.measured_for  # the budget includes the measurement
-    preset_picked = not args.resume and not args.preset
-    say(describe(run, choice.line() if choice else None, preset_picked))
-    with stop_requests() as stop:
-        try:
-            return bigram.train(run, stop)
-        except bigram.TrainingStopped as e:
-            raise UserError(stopped_early(*e.args)) from None
-
-
-def load_teacher(
-    config: TrainConfig, vocab: list[str], device: torch.device
-) -> bigram.Teacher | None:
-    """--teacher's checkpoints as one model (several: their ensemble), which must know the run's
-    characters by the same ids; None without --teacher."""
-    if not config.teacher:
-        return None
-    for path in config.teacher:
-        if files.unreadable_reason(Path(path)) == "not found":
-            raise UserError(f"--teacher: there is no checkpoint at {path}")
-    model, taught = bigram.model_from_checkpoints(config.teacher, device)
-    if taught != vocab:
-        raise UserError(
-            f"--teacher {' '.join(config.teacher)} knows other characters than {config.data} "
-            "has: a teacher must be trained on the same text"
-        )
-    model.requires_grad_(False)
-    return bigram.Teacher(model, config.distill_weight, config.distill_temperature)
-
-
-def stopped_early(run: bigram.Run, why: str) -> str:
-    """Why a run ended with no model to show for it, and what it kept."""
+def stopped_early(run: Any, why: str) -> str:
+    """Why a run (bigram.Run) ended with no model to show for it, and what it kept."""
     kept = "nothing was saved"
     if math.isfinite(run.best_val_loss):
         kept = f"{run.config.out} keeps the best model (iter {run.best_step}, val loss "
@@ -501,7 +470,7 @@ def stopped_early(run: bigram.Run, why: str) -> str:
 
 
 @contextmanager
-def checkpoint_lock(args: argparse.Namespace, ddp: hardware.Distributed) -> Iterator[None]:
+def checkpoint_lock(args: argparse.Namespace, ddp: distributed.Distributed) -> Iterator[None]:
     """One run per checkpoint at a time: rank 0 holds a lock beside it while the run trains."""
     if not ddp.is_main:
         yield
@@ -512,13 +481,15 @@ def checkpoint_lock(args: argparse.Namespace, ddp: hardware.Distributed) -> Iter
         yield
 
 
-def train(args: argparse.Namespace) -> str | None:
-    """Train as the flags say; returns the summary line (None on ranks other than 0)."""
-    device = hardware.resolve_device(args.device or "auto")
-    hardware.reuse_freed_memory()
-    ddp, device = hardware.setup_distributed(device, args.backend or "")
+def train(args: argparse.Namespace, start: Callable) -> str | None:
+    """The device, the processes and the checkpoint's lock, then start(args, ddp, device), which
+    checks and trains the run (bigram.train_from_flags); returns the summary line (None on ranks
+    other than 0)."""
+    device = machine.resolve_device(args.device or "auto")
+    machine.reuse_freed_memory()
+    ddp, device = distributed.setup_distributed(device, args.backend or "")
     with checkpoint_lock(args, ddp):
-        return prepare_and_train(args, ddp, device)
+        return start(args, ddp, device)
 
 
 @contextmanager
@@ -543,13 +514,15 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def main(argv: list[str] | None, config_class: type, start: Callable) -> int:
+    """python bigram.py: the flags (config_class's), then the run start makes of them (train);
+    errors a user can mend are one line on stderr and exit 1."""
+    args = parse_args(argv, config_class)
     try:
         if args.plot:
             print(f"wrote {runlog.plot_logs(args.plot)}")
             return 0
-        summary = train(args)
+        summary = train(args, start)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

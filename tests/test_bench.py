@@ -12,7 +12,8 @@ from support import REPO
 
 import bench
 import bigram
-from scratchgpt import hardware
+from scratchgpt import machine
+from scratchgpt.optimizers import make_optimizers
 
 KEYS = {
     "machine": {"cpu", "cores", "torch_threads", "torch", "native_bf16"},
@@ -41,7 +42,7 @@ def test_tiny_run_writes_every_section_to_json(tmp_path):
         assert keys <= results[section].keys(), section
     assert results["train"]["tokens_per_s"] > 0 and 0 < results["train"]["mfu"]
     assert {"tokens_per_s", "mfu"} <= results["train"]["original"].keys()
-    native = {"float32", "bfloat16"} if hardware.cpu_has_native_bf16() else {"float32"}
+    native = {"float32", "bfloat16"} if machine.bf16_is_native() else {"float32"}
     assert set(results["generate"]["batch"]["2"]) == native
     assert set(results["train"]["parts"]) == {"forward", "backward", "optimizer"}
     corpus = results["corpus"]
@@ -95,14 +96,14 @@ def test_original_model_learns_like_gpt_py():
 
 def test_without_bf16_instructions_nothing_is_timed_in_bf16(tmp_path, monkeypatch):
     # Emulated bf16 is many times slower than float32: timing it would take the whole run.
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(machine, "bf16_is_native", lambda: False)
     out = tmp_path / "bench.json"
     argv = ["--tiny", "--only", "matmul,train,generate", "--skip-original", "--json", str(out)]
     assert bench.main(argv) == 0
     results = json.loads(out.read_text())
     assert "bfloat16" not in json.dumps(results)
     assert results["train"]["dtype"] == "float32"
-    assert results["train"]["optimizers"][-1] == "scratchgpt.hardware.Muon"  # float32 iteration
+    assert results["train"]["optimizers"][-1] == "scratchgpt.optimizers.Muon"  # float32 iteration
 
 
 def parts(forward_ms: float, backward_ms: float, optimizer_ms: float) -> dict:
@@ -127,14 +128,14 @@ def test_training_flops_follow_the_architecture():
     modern = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65, **modern_switches))
     attention = 12 * 6 * 384 * 256
     position_table = 256 * 384
-    classic_count = bigram.count_parameters(classic)
+    classic_count = classic.num_parameters()
     assert bench.flops_per_token(classic) == 6 * (classic_count - position_table) + attention
-    assert bench.flops_per_token(modern) == 6 * bigram.count_parameters(modern) + attention
+    assert bench.flops_per_token(modern) == 6 * modern.num_parameters() + attention
 
 
 def test_the_step_timed_in_parts_is_the_training_step():
-    """The same update as bigram.train_step, with a float16-style loss scale: the gradients are
-    unscaled before they are clipped."""
+    """The same update as bigram.train_on_batches, with a float16-style loss scale: the gradients
+    are unscaled before they are clipped."""
     shape = bench.TINY | {"dropout": 0.0}  # no random masks: the two steps are comparable
     config, device = bigram.TrainConfig(**shape, vocab_size=bench.VOCAB_SIZE), torch.device("cpu")
     batch = tuple(torch.randint(0, bench.VOCAB_SIZE, (4, 32)) for _ in range(2))
@@ -142,12 +143,12 @@ def test_the_step_timed_in_parts_is_the_training_step():
     for timed_in_parts in (False, True):
         torch.manual_seed(0)
         model = bench.scratch_model(shape)
-        optimizers = bigram.make_optimizers(model, config, device)
+        optimizers = make_optimizers(model, config, device)
         scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
         if timed_in_parts:
             bench.step_in_parts(model, optimizers, scaler, batch, config, torch.float32)
         else:
-            bigram.train_step(model, optimizers, scaler, [batch], config.grad_clip, device,
+            bigram.train_on_batches(model, optimizers, scaler, [batch], config.grad_clip, device,
                               torch.float32)  # fmt: skip
         weights.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
     assert torch.equal(weights[0], weights[1])

@@ -13,7 +13,7 @@ from support import REPO
 
 from bigram import GPTConfig, GPTLanguageModel, model_from_checkpoint
 from scratchgpt.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from scratchgpt.files import UserError
+from scratchgpt.cli import UserError
 
 
 def make_checkpoint(seed: int = 0) -> dict:

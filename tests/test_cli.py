@@ -7,8 +7,7 @@ import pytest
 
 import bigram
 from scratchgpt import train_cli
-from scratchgpt.cli import MAX_INT, MAX_SEED, add_flags, check_seed, typed_flag
-from scratchgpt.files import UserError
+from scratchgpt.cli import MAX_INT, MAX_SEED, UserError, add_flags, check_seed, typed_flag
 
 
 @dataclass
@@ -64,7 +63,7 @@ def test_a_switch_turned_off_is_named_as_typed():
 
 def test_every_model_setting_is_a_flag_of_bigram_py():
     flags = bigram.model_settings(bigram.GPTConfig()).keys() - {"vocab_size"}  # from the corpus
-    args = vars(train_cli.parse_args([]))
+    args = vars(train_cli.parse_args([], bigram.TrainConfig))
     assert flags <= args.keys()
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from scratchgpt import corpus, reddit
-from scratchgpt.files import UserError
+from scratchgpt.cli import UserError
 
 
 def test_a_text_corpus_with_more_than_65536_characters_keeps_every_id(tmp_path):

@@ -86,13 +86,13 @@ def test_a_run_learns_from_an_ensemble_of_teachers_and_resumes_with_them(teacher
 def test_the_run_hands_the_teachers_ensemble_to_training(teachers, tmp_path, monkeypatch):
     plays, paths = teachers
     seen = []
-    real_step = bigram.train_step
+    real_step = bigram.train_on_batches
 
-    def train_step(*args, **kwargs):
+    def train_on_batches(*args, **kwargs):
         seen.append(args[-1] if len(args) > 7 else kwargs.get("teacher"))
         return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(bigram, "train_step", train_step)
+    monkeypatch.setattr(bigram, "train_on_batches", train_on_batches)
     argv = ["--data", str(plays), "--out", str(tmp_path / "s.pt"), "--teacher", *map(str, paths)]
     argv += ["--distill-weight", "0.2", "--max-iters", "2", "--eval-interval", "2", *TINY_RUN]
     assert bigram.main(argv) == 0

@@ -22,14 +22,14 @@ from bigram import (
     GPTConfig,
     GPTLanguageModel,
     TrainConfig,
-    make_optimizers,
     make_scaler,
     model_settings,
-    train_step,
+    train_on_batches,
 )
-from scratchgpt import hardware
+from scratchgpt import distributed
 from scratchgpt.checkpoint import load_checkpoint
-from scratchgpt.hardware import Distributed
+from scratchgpt.distributed import Distributed
+from scratchgpt.optimizers import make_optimizers
 
 CONFIG = GPTConfig(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
 
@@ -58,11 +58,11 @@ def one_ddp_step(rank: int, world_size: int, port: int, out: str, arch: str) -> 
     cpu, fp32 = torch.device("cpu"), torch.float32
     batch = fixed_batches(2)[rank]  # each rank its own half of the batch
     wrapped = DDP(model)
-    train_step(wrapped, optimizer, make_scaler(cpu, fp32), [batch], 1.0, cpu, fp32)
+    train_on_batches(wrapped, optimizer, make_scaler(cpu, fp32), [batch], 1.0, cpu, fp32)
     if rank == 0:
         torch.save(model.state_dict(), out)
     del wrapped  # as bigram.train does: its cycles are freed before the process group goes
-    hardware.leave_distributed(Distributed(rank, rank, world_size))
+    distributed.leave_distributed(Distributed(rank, rank, world_size))
 
 
 def free_port() -> int:
@@ -81,11 +81,11 @@ def test_two_processes_take_the_same_step_as_one_with_the_whole_batch(tmp_path, 
     cpu, fp32 = torch.device("cpu"), torch.float32
     whole, optimizer = fresh_model_and_optimizer(arch)
     scaler = make_scaler(cpu, fp32)
-    train_step(
+    train_on_batches(
         whole, optimizer, scaler, [(torch.cat([x0, x1]), torch.cat([y0, y1]))], 1.0, cpu, fp32
     )
     accumulated, optimizer = fresh_model_and_optimizer(arch)  # --grad-accum 2 in one process
-    train_step(accumulated, optimizer, scaler, [(x0, y0), (x1, y1)], 1.0, cpu, fp32)
+    train_on_batches(accumulated, optimizer, scaler, [(x0, y0), (x1, y1)], 1.0, cpu, fp32)
     for name, weight in whole.state_dict().items():
         torch.testing.assert_close(ddp_weights[name], weight)
         torch.testing.assert_close(accumulated.state_dict()[name], weight)
@@ -156,7 +156,7 @@ def test_an_enabled_grad_scaler_takes_the_same_step():
     models = []
     for scaler in (make_scaler(cpu, fp32), torch.amp.GradScaler("cpu", init_scale=1024.0)):
         model, optimizer = fresh_model_and_optimizer()
-        train_step(model, optimizer, scaler, fixed_batches(1), 1.0, cpu, fp32)
+        train_on_batches(model, optimizer, scaler, fixed_batches(1), 1.0, cpu, fp32)
         models.append(model.state_dict())
     for name, weight in models[0].items():
         torch.testing.assert_close(models[1][name], weight)
@@ -169,7 +169,7 @@ def test_a_float16_overflow_skips_the_step_of_every_optimizer():
     before = {name: weight.clone() for name, weight in model.state_dict().items()}
     model.lm_head.weight.register_hook(lambda grad: grad * float("inf"))
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    train_step(model, optimizers, scaler, fixed_batches(1), 1.0, cpu, fp32)
+    train_on_batches(model, optimizers, scaler, fixed_batches(1), 1.0, cpu, fp32)
     for name, weight in model.state_dict().items():
         assert torch.equal(weight, before[name]), f"{name} moved on an overflowed step"
     assert scaler.get_scale() < 1024.0

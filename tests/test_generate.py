@@ -11,7 +11,7 @@ from support import REPO, TINY_RUN, assert_clean_error, main_error, run_script, 
 
 import bigram
 import MODEL
-from scratchgpt import hardware, machine, shipped
+from scratchgpt import machine, shipped
 from scratchgpt.checkpoint import load_checkpoint
 
 
@@ -213,13 +213,13 @@ def test_one_sample_bf16_steps_change_the_distribution_by_rounding_only(checkpoi
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     context = torch.randint(0, model.config.vocab_size, (1, model.config.block_size))
-    cache = bigram.KVCache(model.config, 1, "cpu", hardware.cache_dtype(bf16))
+    cache = bigram.KVCache(model.config, 1, "cpu", machine.cache_dtype(bf16))
     with torch.no_grad():
         p32 = model(context)[0][0].softmax(-1)
         bf16(context[:, :8], kv_cache=cache)
         steps = []
         for t in range(8, context.shape[1]):
-            with hardware.matrix_vector_kernels(bf16, context.shape[0]):
+            with machine.matrix_vector_kernels(bf16, context.shape[0]):
                 steps.append(bf16(context[:, t : t + 1], kv_cache=cache)[0][0, -1])
     p16 = torch.stack(steps).float().softmax(-1)
     total_variation = 0.5 * (p32[8:] - p16).abs().sum(-1)
@@ -229,7 +229,7 @@ def test_one_sample_bf16_steps_change_the_distribution_by_rounding_only(checkpoi
 @pytest.fixture
 def bf16_cpu(tmp_path, monkeypatch):
     """A CPU with native bf16 and a cache of this test's own."""
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(machine, "bf16_is_native", lambda: True)
     monkeypatch.setattr(machine, "cache_path", lambda: tmp_path / "machine.json")
 
 
@@ -241,46 +241,46 @@ def generated_in(faster: torch.dtype):
 @pytest.mark.parametrize("faster", [torch.float32, torch.bfloat16])
 def test_default_weights_are_the_ones_that_generate_faster_here(checkpoint, bf16_cpu, faster):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    picked, why = hardware.generation_weights(model, "auto", generated_in(faster))
+    picked, why = machine.generation_weights(model, "auto", generated_in(faster))
     assert next(picked.parameters()).dtype == faster
     assert why.startswith(f"weights: {str(faster)[6:]}, 1000.0 ms a step against 2000.0")
 
 
 def test_the_timing_is_kept_so_a_seed_writes_the_same_text_on_every_run(checkpoint, bf16_cpu):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
+    machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
     never_timed = lambda m, batch: pytest.fail("timed again")
-    picked, why = hardware.generation_weights(copy.deepcopy(model), "auto", never_timed)
+    picked, why = machine.generation_weights(copy.deepcopy(model), "auto", never_timed)
     assert next(picked.parameters()).dtype == torch.bfloat16 and "timings cached" in why
 
 
 def test_cached_float32_weights_make_no_bf16_copy(checkpoint, bf16_cpu, monkeypatch):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.float32))
-    monkeypatch.setattr(hardware.copy, "deepcopy", lambda m: pytest.fail("a bf16 copy was made"))
-    picked, why = hardware.generation_weights(model, "auto", generated_in(torch.float32))
+    machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.float32))
+    monkeypatch.setattr(machine.copy, "deepcopy", lambda m: pytest.fail("a bf16 copy was made"))
+    picked, why = machine.generation_weights(model, "auto", generated_in(torch.float32))
     assert picked is model and "timings cached" in why
 
 
 def test_weights_fastest_times_them_again(checkpoint, bf16_cpu):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
-    picked, _ = hardware.generation_weights(model, "fastest", generated_in(torch.float32))
+    machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
+    picked, _ = machine.generation_weights(model, "fastest", generated_in(torch.float32))
     assert next(picked.parameters()).dtype == torch.float32
 
 
 def test_each_batch_size_is_timed_on_its_own(checkpoint, bf16_cpu):
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    hardware.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16), 1)
-    picked, _ = hardware.generation_weights(model, "auto", generated_in(torch.float32), 32)
+    machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16), 1)
+    picked, _ = machine.generation_weights(model, "auto", generated_in(torch.float32), 32)
     assert next(picked.parameters()).dtype == torch.float32
 
 
 def test_where_bf16_is_emulated_generation_keeps_float32_untimed(checkpoint, monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(machine, "bf16_is_native", lambda: False)
     model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
     never_timed = lambda m, batch: pytest.fail("timed")
-    picked, why = hardware.generation_weights(model, "auto", never_timed)
+    picked, why = machine.generation_weights(model, "auto", never_timed)
     assert next(picked.parameters()).dtype == torch.float32 and why is None
 
 

@@ -9,12 +9,18 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from support import REPO
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from scratchgpt import machine
+import bigram
+from scratchgpt import machine, optimizers
+from scratchgpt.optimizers import make_optimizers
 
 # A made-up shape table: the larger model ends lower after the same number of steps, the smaller
 # one runs more steps in the same time.
@@ -262,3 +268,175 @@ def test_the_committed_table_names_the_source_of_every_run():
     table = machine.read_shape_table()
     assert set(table) == {"cpu", "cpu-float32"}
     assert all(len(points) >= 2 for points in table.values())  # a slope for each shape
+
+
+# -----------------------------------------------------------------------------
+# Precision: bf16 only where the CPU does it natively. The class of the machine running the tests
+# varies, so each test sets the answer of machine.bf16_is_native(): every class's path runs on
+# every machine.
+
+CPU = torch.device("cpu")
+PRODUCTS = {"mm", "addmm", "bmm", "baddbmm", "mv", "addmv", "matmul", "linear"}
+
+
+class Bf16Ops(TorchDispatchMode):
+    """Records the name of every operation that reads or writes a bf16 tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.dtype == torch.bfloat16 for t in tensors):
+            self.names.append(func.__name__.split(".")[0])
+        return out
+
+    def products(self) -> list[str]:
+        return [name for name in self.names if name in PRODUCTS]
+
+
+def fake_cpu(monkeypatch, native: bool) -> None:
+    monkeypatch.setattr(machine, "bf16_is_native", lambda: native)
+
+
+def modern_run(native: bool, monkeypatch):
+    """A tiny modern model with its optimizers and precision, as bigram.py sets them up."""
+    fake_cpu(monkeypatch, native)
+    arch = bigram.ARCHITECTURES["modern"]
+    shape = dict(n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4, dropout=0.1)
+    config = bigram.TrainConfig(**shape, **arch)
+    torch.manual_seed(0)
+    model_config = bigram.GPTConfig(**{**bigram.model_settings(config), "vocab_size": 20})
+    model = bigram.GPTLanguageModel(model_config)
+    optimizers = make_optimizers(model, config, CPU)
+    dtype = machine.resolve_dtype("auto", CPU)
+    return model, optimizers, config, dtype
+
+
+def training_step_ops(native: bool, monkeypatch) -> tuple[Bf16Ops, Bf16Ops]:
+    """The bf16 operations of one training step: forward and backward, then the optimizers."""
+    model, optimizers, config, dtype = modern_run(native, monkeypatch)
+    data = np.random.default_rng(0).integers(0, 20, 2000, dtype=np.uint8)
+    x, y = bigram.get_batch(data, config, torch.Generator().manual_seed(0))
+    forward_backward, optimizer = Bf16Ops(), Bf16Ops()
+    with forward_backward, machine.autocast(CPU, dtype):
+        _, loss = model(x, y)
+        loss.backward()
+    with optimizer:
+        for opt in optimizers:
+            opt.step()
+    return forward_backward, optimizer
+
+
+def test_without_bf16_instructions_a_training_step_runs_no_bf16(monkeypatch):
+    forward_backward, optimizer = training_step_ops(native=False, monkeypatch=monkeypatch)
+    assert forward_backward.names == [] and optimizer.names == []
+
+
+def test_with_bf16_instructions_training_takes_the_bf16_path(monkeypatch):
+    forward_backward, optimizer = training_step_ops(native=True, monkeypatch=monkeypatch)
+    assert "mm" in forward_backward.products()  # autocast's matrix products
+    assert "baddbmm" in optimizer.products()  # Muon iterates in bf16, its matrices stacked
+
+
+def test_muon_iterates_in_bf16_only_where_bf16_is_native(monkeypatch):
+    _, made, _, _ = modern_run(native=True, monkeypatch=monkeypatch)
+    assert type(made[1]) is optimizers.Muon and made[1].ns_dtype == torch.bfloat16
+    _, made, _, _ = modern_run(native=False, monkeypatch=monkeypatch)
+    assert type(made[1]) is optimizers.Muon and made[1].ns_dtype == torch.float32
+
+
+def tiny_model(native: bool, monkeypatch, tmp_path) -> torch.nn.Module:
+    """The weights MODEL.py generates with by default, on a CPU where bf16 generates faster."""
+    model, _, _, _ = modern_run(native, monkeypatch)
+    monkeypatch.setattr(machine, "cache_path", lambda: tmp_path / "machine.json")
+    bf16_faster = lambda m, batch: 1.0 if next(m.parameters()).dtype == torch.bfloat16 else 2.0
+    return machine.generation_weights(model.eval(), "auto", bf16_faster)[0]
+
+
+def generation_ops(model: torch.nn.Module) -> Bf16Ops:
+    """The bf16 operations of generating from a prompt: the prompt's pass, then one-token steps."""
+    ops = Bf16Ops()
+    with ops:
+        for _ in bigram.generate_tokens(model, torch.zeros((1, 3), dtype=torch.long), 4):
+            pass
+    return ops
+
+
+def test_without_bf16_instructions_generation_and_evaluation_run_no_bf16(monkeypatch, tmp_path):
+    model = tiny_model(native=False, monkeypatch=monkeypatch, tmp_path=tmp_path)
+    assert generation_ops(model).names == []
+    data = np.random.default_rng(0).integers(0, 20, 200, dtype=np.uint8)
+    dtype = machine.resolve_dtype("auto", CPU)
+    evaluation = Bf16Ops()
+    with evaluation:
+        bigram.exhaustive_val_loss(model, data, 16, CPU, dtype)
+        with machine.autocast(CPU, dtype):  # the sample printed at each evaluation
+            bigram.training_sample(model, [chr(65 + i) for i in range(20)], 5, 0, CPU)
+    assert evaluation.names == []
+
+
+def test_with_bf16_instructions_generation_reads_bf16_weights(monkeypatch, tmp_path):
+    model = tiny_model(native=True, monkeypatch=monkeypatch, tmp_path=tmp_path)
+    assert next(model.parameters()).dtype == torch.bfloat16
+    assert generation_ops(model).products()
+
+
+# Generation's kernels and the heap
+
+TINY = bigram.GPTConfig(vocab_size=11, block_size=12, n_layer=2, n_head=2, n_embd=16, dropout=0.0)
+
+
+def test_one_token_steps_switch_onednn_off_and_back_on_for_one_sample_only():
+    torch.manual_seed(0)
+    model = bigram.GPTLanguageModel(TINY).eval().to(torch.bfloat16)
+    assert (
+        machine.cache_dtype(model) == torch.float32
+    )  # CPU attention reads float32 keys and values
+    seen = []  # whether oneDNN was on for each forward pass
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.backends.mkldnn.enabled))
+    for batch in (1, 2):
+        seen.clear()
+        list(bigram.generate_tokens(model, torch.zeros((batch, 3), dtype=torch.long), 4))
+        one_token_steps = [True] + [False] * 3 if batch == 1 else [True] * 4
+        assert seen == one_token_steps  # the prompt pass keeps oneDNN's matrix products
+    assert torch.backends.mkldnn.enabled
+    seen.clear()
+    list(bigram.generate_tokens(model.float(), torch.zeros((1, 3), dtype=torch.long), 4))
+    assert seen == [True] * 4  # float32 weights keep oneDNN
+
+
+FREE_AND_ALLOCATE = """
+import resource, sys, torch
+from scratchgpt import machine
+if sys.argv[1] == "reuse":
+    assert machine.reuse_freed_memory()
+
+
+def steps(count):  # each step's activations: six blocks of 4 to 16 MB, freed at its end
+    for i in range(count):
+        kept = [torch.ones((1 + i % 4) << 20) for _ in range(6)]
+        del kept
+
+
+steps(4)  # every size once: the first pages are new either way
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+steps(16)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_freed_memory_is_reused_without_new_page_faults():
+    def page_faults(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", FREE_AND_ALLOCATE, mode], capture_output=True, text=True,
+            cwd=Path(__file__).resolve().parents[1], check=True,
+        )  # fmt: skip
+        return int(run.stdout)
+
+    # By default each step faults its pages in anew; reusing the heap, the later steps find
+    # theirs already there.
+    assert page_faults("reuse") * 4 < page_faults("default")

@@ -9,7 +9,6 @@ from bigram import (
     GPTConfig,
     GPTLanguageModel,
     KVCache,
-    count_parameters,
     generate_tokens,
     model_settings,
     sample_next,
@@ -34,7 +33,7 @@ def model(request) -> GPTLanguageModel:
 
 def test_reference_configuration_has_10_8m_parameters():
     model = GPTLanguageModel(GPTConfig(vocab_size=65))
-    assert count_parameters(model) == 10_795_841
+    assert model.num_parameters() == 10_795_841
 
 
 def test_modern_switches_drop_the_position_table_and_the_biases():
@@ -43,7 +42,7 @@ def test_modern_switches_drop_the_position_table_and_the_biases():
     assert not any("position" in name or name.endswith(".bias") for name in names)
     # 10,795,841 less the position table (256 x 384), 6 x 9 x 384 biases, 6 x 2 + 1 LayerNorm
     # biases and the head's 65: RMSNorm keeps one gain vector per norm.
-    assert count_parameters(model) == 10_795_841 - 256 * 384 - 6 * 9 * 384 - 13 * 384 - 65
+    assert model.num_parameters() == 10_795_841 - 256 * 384 - 6 * 9 * 384 - 13 * 384 - 65
 
 
 @pytest.mark.parametrize("base", [CONFIG, MODERN], ids=["classic", "modern"])  # biases or none
@@ -62,7 +61,7 @@ def test_split_qkv_computes_what_one_qkv_matrix_with_the_same_weights_does(base)
     fused.load_state_dict(state)  # strict: the only difference is how the three are stored
     idx = torch.randint(base.vocab_size, (2, base.block_size))
     torch.testing.assert_close(split(idx)[0], fused(idx)[0])
-    assert count_parameters(split) == count_parameters(fused)
+    assert split.num_parameters() == fused.num_parameters()
 
 
 def test_split_qkv_gives_one_token_what_the_joined_product_gives():

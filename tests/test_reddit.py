@@ -19,7 +19,7 @@ from rar_writer import write_rar
 from support import make_checkout
 
 from scratchgpt import corpus, reddit
-from scratchgpt.files import UserError
+from scratchgpt.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -52,7 +52,7 @@ def test_the_shipped_file_holds_float16_weights_and_nothing_for_resume(saved):
 
 
 def test_the_card_gives_the_models_parameter_count_and_vocabulary(saved, model):
-    assert card_figure("parameters") == f"{bigram.count_parameters(model):,}"
+    assert card_figure("parameters") == f"{model.num_parameters():,}"
     assert card_figure("vocabulary").startswith(f"{len(saved['vocab'])} characters")
 
 

@@ -14,7 +14,7 @@ from support import REPO, TINY_MODEL, TINY_RUN, main_error, write_corpus
 from torch.nn import functional as F
 
 import bigram
-from scratchgpt import hardware, machine, runlog, shipped, train_cli
+from scratchgpt import distributed, machine, optimizers, runlog, shipped, train_cli
 from scratchgpt.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
 
 
@@ -103,39 +103,44 @@ def test_time_budget_stops_training_cleanly(tmp_path):
     assert load_checkpoint(tmp_path / "run.pt")["best_val_loss"] == min(r["val_loss"] for r in log)
 
 
+def flags_and_config(flags: list[str], device: str = "cpu"):
+    """The parsed flags and the new run's config they make, as python bigram.py makes them."""
+    args = train_cli.parse_args(flags, bigram.TrainConfig)
+    return args, train_cli.make_config(args, torch.device(device), None, bigram.TrainConfig)
+
+
 def test_explicit_flags_override_the_preset():
-    args = train_cli.parse_args(["--preset", "gpu", "--n-layer", "2", "--lr", "0.01"])
-    config = train_cli.make_config(args, torch.device("cpu"), saved=None)
+    _, config = flags_and_config(["--preset", "gpu", "--n-layer", "2", "--lr", "0.01"])
     assert (config.n_layer, config.lr) == (2, 0.01)
     assert (config.n_embd, config.block_size) == (384, 256)  # the rest comes from the preset
 
 
 def test_arch_sets_the_switches_and_single_flags_override_it():
-    args = train_cli.parse_args(
+    _, config = flags_and_config(
         ["--preset", "cpu", "--arch", "classic", "--rope", "--mlp", "relu2"]
     )
-    config = train_cli.make_config(args, torch.device("cpu"), saved=None)
     classic = bigram.ARCHITECTURES["classic"]
     assert {k: getattr(config, k) for k in classic} == classic | {"rope": True, "mlp": "relu2"}
     assert train_cli.recipe(config).startswith("custom (rope=True, ")
-    default = train_cli.make_config(train_cli.parse_args([]), torch.device("cpu"), saved=None)
+    default = flags_and_config([])[1]
     assert train_cli.recipe(default).startswith("modern (")  # the cpu preset's, by measurement
 
 
 @pytest.mark.parametrize("native_bf16, preset", [(True, "cpu"), (False, "cpu-float32")])
 def test_a_cpu_trains_its_class_preset_for_ten_minutes(monkeypatch, native_bf16, preset):
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
-    config = train_cli.make_config(train_cli.parse_args([]), torch.device("cpu"), saved=None)
+    monkeypatch.setattr(machine, "bf16_is_native", lambda: native_bf16)
+    config = flags_and_config([])[1]
     assert config.preset == preset and config.max_minutes == 10
     assert config.n_embd == bigram.PRESETS[preset]["n_embd"]
 
 
 def candidates(flags: list[str], device: str = "cpu", native_bf16: bool = True, monkeypatch=None):
     """The (preset, dtype) pairs a new run with these flags chooses among by timing."""
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: native_bf16)
-    args = train_cli.parse_args(flags)
-    config = train_cli.make_config(args, torch.device(device), saved=None)
-    found = train_cli.machine_candidates(args, config, torch.device(device), hardware.Distributed())
+    monkeypatch.setattr(machine, "bf16_is_native", lambda: native_bf16)
+    args, config = flags_and_config(flags, device)
+    found = train_cli.machine_candidates(
+        args, config, torch.device(device), distributed.Distributed()
+    )
     return [(c.preset, c.dtype) for c in found]
 
 
@@ -167,10 +172,11 @@ def test_a_gpu_run_is_never_timed(monkeypatch):
 
 
 def test_the_candidates_keep_every_other_flag_given(monkeypatch):
-    monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
-    args = train_cli.parse_args(["--dropout", "0.3", "--max-iters", "7"])
-    config = train_cli.make_config(args, torch.device("cpu"), saved=None)
-    found = train_cli.machine_candidates(args, config, torch.device("cpu"), hardware.Distributed())
+    monkeypatch.setattr(machine, "bf16_is_native", lambda: True)
+    args, config = flags_and_config(["--dropout", "0.3", "--max-iters", "7"])
+    found = train_cli.machine_candidates(
+        args, config, torch.device("cpu"), distributed.Distributed()
+    )
     assert {(c.dropout, c.max_iters) for c in found} == {(0.3, 7)}
     assert {c.n_embd for c in found} == {256, 128}  # the two presets' shapes
 
@@ -211,7 +217,7 @@ def test_a_first_run_chooses_by_timing_and_says_so_in_one_line(tmp_path, monkeyp
 
 
 def test_a_gpu_trains_the_reference_run_by_steps():
-    config = train_cli.make_config(train_cli.parse_args([]), torch.device("cuda"), saved=None)
+    config = flags_and_config([], "cuda")[1]
     assert config.preset == "gpu" and config.max_minutes == 0 and config.max_iters == 5000
 
 
@@ -341,7 +347,8 @@ def test_fine_tuning_learns_new_text_and_leaves_its_source_alone(tmp_path, capsy
 
 
 def test_a_fine_tuned_model_is_named_after_its_corpus_and_its_source():
-    args = train_cli.parse_args(["--init-from", "checkpoints/shakespeare.pt", "--data", "my.txt"])
+    argv = ["--init-from", "checkpoints/shakespeare.pt", "--data", "my.txt"]
+    args = train_cli.parse_args(argv, bigram.TrainConfig)
     assert train_cli.checkpoint_path(args) == CHECKPOINT_DIR / "my-from-shakespeare.pt"
 
 
@@ -401,7 +408,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
     config = bigram.TrainConfig(optimizer="muon", muon_lr=0.02, lr=2e-3)
     model = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=9, block_size=8, n_layer=2,
                                                      n_head=2, n_embd=16))  # fmt: skip
-    adamw, muon = bigram.make_optimizers(model, config, torch.device("cpu"))
+    adamw, muon = optimizers.make_optimizers(model, config, torch.device("cpu"))
     to_muon = {id(p) for group in muon.param_groups for p in group["params"]}
     to_adamw = {id(p) for group in adamw.param_groups for p in group["params"]}
     names = {id(p): name for name, p in model.named_parameters()}
@@ -416,7 +423,7 @@ def test_muon_gets_queries_keys_and_values_as_three_matrices_with_split_qkv():
     config = bigram.TrainConfig(optimizer="muon")
     shape = dict(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16)
     model = bigram.GPTLanguageModel(bigram.GPTConfig(**shape, split_qkv=True))
-    _, muon = bigram.make_optimizers(model, config, torch.device("cpu"))
+    _, muon = optimizers.make_optimizers(model, config, torch.device("cpu"))
     to_muon = {id(p) for group in muon.param_groups for p in group["params"]}
     names = {name for name, p in model.named_parameters() if id(p) in to_muon}
     attention = {f"blocks.0.attn.{name}.weight" for name in ("q", "k", "v", "proj")}

@@ -202,7 +202,7 @@ def test_a_run_that_evaluates_nothing_fails_and_claims_no_checkpoint(tmp_path, c
 
 def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, capsys, monkeypatch):
     corpus = corpus_in(tmp_path)
-    real_step, steps = bigram.train_step, []
+    real_step, steps = bigram.train_on_batches, []
 
     def step_that_breaks_after_25(model, *args):
         steps.append(1)
@@ -212,7 +212,7 @@ def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, caps
                     p.fill_(float("nan"))
         return real_step(model, *args)
 
-    monkeypatch.setattr(bigram, "train_step", step_that_breaks_after_25)
+    monkeypatch.setattr(bigram, "train_on_batches", step_that_breaks_after_25)
     argv = ["--out", str(tmp_path / "run.pt"), *TINY_RUN, "--data", str(corpus),
             "--max-iters", "100", "--eval-interval", "20"]  # fmt: skip
     line = main_error(bigram.main, argv, capsys)

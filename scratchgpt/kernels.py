@@ -1,12 +1,18 @@
-"""Three of the model's operations with their derivatives written out: RMSNorm, relu² and the
-rotary turn.
+"""The model's operations where PyTorch's own CPU path is slow, called like the standard ones.
+
+Three have their derivatives written out: RMSNorm, relu² and the rotary turn.
 
 Autograd builds each from generic steps (a square, a mean, a product, a concatenation...) and
 every step is one more pass over a large tensor, forward and backward. PyTorch has fused kernels
 for them on a GPU, not on a CPU, where these passes were a fifth of a training step
 (docs/performance.md). Written out by hand, each takes a few passes. The results are the same
-as PyTorch's composition to rounding (tests/test_fused.py checks them with gradcheck).
+as PyTorch's composition to rounding (tests/test_kernels.py checks them with gradcheck).
+
+Two more keep PyTorch's kernels but not its CPU choices: attention runs in float32 (its float32
+kernel beats its bf16 one), and Dropout draws its random mask four elements to a random word.
 """
+
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -120,3 +126,41 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """turn(x, cos, sin), with its gradient when x needs one."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return _Rotate.apply(x, cos, sin) if taking_gradient(x) else turn(x, cos, sin)
+
+
+def scaled_dot_product_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool
+) -> torch.Tensor:
+    """F.scaled_dot_product_attention, in float32 on a CPU even under bf16 autocast: PyTorch's
+    float32 CPU attention kernel beats its bf16 one, in training and in generation (bench.py)."""
+    if q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
+    # Entering and leaving autocast costs more than one generated token's attention: only if on.
+    on = torch.is_autocast_enabled("cpu")
+    wide = torch.promote_types(q.dtype, torch.float32)  # float64 stays float64
+    with torch.autocast("cpu", enabled=False) if on else nullcontext():
+        y = F.scaled_dot_product_attention(q.to(wide), k.to(wide), v.to(wide), is_causal=is_causal)
+    return y.to(q.dtype)
+
+
+class Dropout(nn.Module):
+    """nn.Dropout, with the random mask drawn several times faster on a CPU.
+
+    PyTorch's CPU dropout draws one random number per element, which at the reference
+    configuration costs about as much as the matrix products. Here each random 64-bit word decides
+    four elements: four 15-bit lanes, each compared with p (so p is rounded to 1/32768).
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p)  # GPUs have a fast fused kernel
+        words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # 63 random bits
+        lanes = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF
+        keep = lanes >= round(self.p * 32768)
+        return x * keep.to(x.dtype).mul_(1 / (1 - self.p))  # scaled: the mean stays the same
