@@ -183,7 +183,8 @@ def generate(args: argparse.Namespace) -> None:
     model, vocab, device = load_model(args)
     # Each sample keeps its own KV cache: together they may not fit where one does.
     for member in ensemble.members(model):
-        machine.check_memory(member.config, args.num_samples, training=False, device=device,
+        needed = member.memory_needed(member.config, args.num_samples, training=False)
+        machine.check_memory(needed, member.config, args.num_samples, device,
                               advice="ask for fewer --num-samples")  # fmt: skip
     prompt = read_prompt(args, vocab)
     try:

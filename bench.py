@@ -36,13 +36,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
 
 import bigram
 import MODEL
 from scratchgpt import corpus, distributed, machine, train_cli
 from scratchgpt.cli import UserError
 from scratchgpt.optimizers import make_optimizers
+from scratchgpt.original import ORIGINAL_PROGRAM, original_get_batch, original_model
 
 REPO = Path(__file__).resolve().parent
 REDDIT_SAMPLE = REPO.parent / "shared" / "data" / "reddit" / "comments.txt"
@@ -86,117 +86,12 @@ def bench_matmul(sizes: list[int], min_seconds: float) -> dict:
 
 
 # -----------------------------------------------------------------------------
-# The original code: Karpathy's gpt.py, re-implemented faithfully and briefly. One module per
-# head, each with its own key/query/value projections; a tril mask buffer, masked_fill, softmax
-# and dropout on the attention weights; ReLU; float32; generation recomputes the whole context.
-
-
-class OriginalHead(nn.Module):
-    def __init__(self, n_embd: int, head_size: int, block_size: int, dropout: float):
-        super().__init__()
-        self.key = nn.Linear(n_embd, head_size, bias=False)
-        self.query = nn.Linear(n_embd, head_size, bias=False)
-        self.value = nn.Linear(n_embd, head_size, bias=False)
-        self.register_buffer("tril", torch.tril(torch.ones(block_size, block_size)))
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        B, T, C = x.shape
-        k, q = self.key(x), self.query(x)
-        wei = q @ k.transpose(-2, -1) * k.shape[-1] ** -0.5
-        wei = wei.masked_fill(self.tril[:T, :T] == 0, float("-inf"))
-        wei = self.dropout(F.softmax(wei, dim=-1))
-        return wei @ self.value(x)
-
-
-class OriginalMultiHead(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float):
-        super().__init__()
-        head_size = n_embd // n_head
-        heads = (OriginalHead(n_embd, head_size, block_size, dropout) for _ in range(n_head))
-        self.heads = nn.ModuleList(heads)
-        self.proj = nn.Linear(n_embd, n_embd)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x):
-        return self.dropout(self.proj(torch.cat([h(x) for h in self.heads], dim=-1)))
-
-
-class OriginalBlock(nn.Module):
-    def __init__(self, n_embd: int, n_head: int, block_size: int, dropout: float):
-        super().__init__()
-        self.sa = OriginalMultiHead(n_embd, n_head, block_size, dropout)
-        self.ffwd = nn.Sequential(
-            nn.Linear(n_embd, 4 * n_embd), nn.ReLU(), nn.Linear(4 * n_embd, n_embd),
-            nn.Dropout(dropout),
-        )  # fmt: skip
-        self.ln1, self.ln2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
-
-    def forward(self, x):
-        x = x + self.sa(self.ln1(x))
-        return x + self.ffwd(self.ln2(x))
-
-
-class OriginalGPT(nn.Module):
-    def __init__(self, vocab_size, n_layer, n_head, n_embd, block_size, dropout):
-        super().__init__()
-        self.block_size = block_size
-        self.token_embedding_table = nn.Embedding(vocab_size, n_embd)
-        self.position_embedding_table = nn.Embedding(block_size, n_embd)
-        blocks = (OriginalBlock(n_embd, n_head, block_size, dropout) for _ in range(n_layer))
-        self.blocks = nn.Sequential(*blocks)
-        self.ln_f = nn.LayerNorm(n_embd)
-        self.lm_head = nn.Linear(n_embd, vocab_size)
-        self.apply(bigram.GPTLanguageModel._init_weights)  # the same N(0, 0.02) as gpt.py
-
-    def forward(self, idx, targets=None):
-        B, T = idx.shape
-        x = self.token_embedding_table(idx) + self.position_embedding_table(torch.arange(T))
-        logits = self.lm_head(self.ln_f(self.blocks(x)))
-        if targets is None:
-            return logits, None
-        B, T, C = logits.shape
-        return logits, F.cross_entropy(logits.view(B * T, C), targets.view(B * T))
-
-    def generate(self, idx, max_new_tokens: int):
-        # As gpt.py calls it after training: in train mode, with autograd on.
-        for _ in range(max_new_tokens):
-            logits, _ = self(idx[:, -self.block_size :])
-            probs = F.softmax(logits[:, -1, :], dim=-1)
-            idx = torch.cat((idx, torch.multinomial(probs, num_samples=1)), dim=1)
-        return idx
-
-
-def original_model(shape: dict) -> OriginalGPT:
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "dropout")
-    return OriginalGPT(VOCAB_SIZE, **{k: shape[k] for k in keys})
-
-
-def original_get_batch(data: torch.Tensor, block_size: int, batch_size: int):
-    ix = torch.randint(len(data) - block_size, (batch_size,))
-    x = torch.stack([data[i : i + block_size] for i in ix])
-    y = torch.stack([data[i + 1 : i + block_size + 1] for i in ix])
-    return x, y
-
-
-# -----------------------------------------------------------------------------
 # Training
 
 
 def scratch_model(shape: dict) -> bigram.GPTLanguageModel:
     settings = {k: v for k, v in shape.items() if k in bigram.model_settings(bigram.GPTConfig())}
     return bigram.GPTLanguageModel(bigram.GPTConfig(**{**settings, "vocab_size": VOCAB_SIZE}))
-
-
-def flops_per_token(model: nn.Module) -> float:
-    """Training FLOPs per token: 6 per weight (forward + backward) plus attention (PaLM, app. B)."""
-    c = model.config
-    n = model.num_parameters()
-    if isinstance(model, bigram.GPTLanguageModel):
-        if not c.rope:  # a table lookup, not a product
-            n -= model.position_embedding.weight.numel()
-        return 6 * n + 12 * c.n_layer * c.n_embd * c.block_size
-    return 6 * n
 
 
 def training_throughput(step: Callable[[int], None], shape: dict, flops_per_token: float,
@@ -244,7 +139,7 @@ def time_parts(model, optimizers, scaler, batches, config, dtype, tokens: int) -
     """The median time of each part, its FLOPs (forward a third of the model's, backward two
     thirds, the optimizer its Newton-Schulz iterations) and the GFLOP/s they make."""
     runs = [step_in_parts(model, optimizers, scaler, b, config, dtype) for b in batches]
-    flops = flops_per_token(model) * tokens
+    flops = model.flops_per_token() * tokens
     flops = {"forward": flops / 3, "backward": 2 * flops / 3,
              "optimizer": newton_schulz_flops(optimizers)}  # fmt: skip
     parts = {}
@@ -301,7 +196,7 @@ def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup
         )
 
     name = str(dtype).removeprefix("torch.")
-    flops = flops_per_token(model)
+    flops = model.flops_per_token()
     timing = training_throughput(step, shape, flops, peaks.get(f"{name}_gflops"), steps, warmup)
     tokens = shape["batch_size"] * shape["block_size"]
     batches = [batch(i) for i in range(steps)]
@@ -321,7 +216,7 @@ def bench_train_original(shape: dict, peaks: dict, steps: int, warmup: int) -> d
     """gpt.py's loop: AdamW at its defaults, no clipping, float32. MFU counts ScratchGPT's FLOPs
     per token: the same shapes do the same useful work."""
     torch.manual_seed(0)
-    model = original_model(shape)
+    model = original_model(shape, VOCAB_SIZE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
     data = torch.randint(VOCAB_SIZE, (1_000_000,))
 
@@ -332,7 +227,7 @@ def bench_train_original(shape: dict, peaks: dict, steps: int, warmup: int) -> d
         loss.backward()
         optimizer.step()
 
-    flops = flops_per_token(scratch_model(shape))
+    flops = scratch_model(shape).flops_per_token()
     timing = training_throughput(step, shape, flops, peaks.get("float32_gflops"), steps, warmup)
     return {"dtype": "float32", **timing}
 
@@ -392,7 +287,8 @@ def bench_generate(
     uncached = scratch_generator(fp32, use_kv_cache=False)
     result["no_cache_chars_per_s"] = chars_per_second(uncached, 1, block, slow_tokens)
     if original:
-        model = original_model(shape)  # in train mode, as gpt.py leaves it after training
+        # in train mode, as gpt.py leaves it after training
+        model = original_model(shape, VOCAB_SIZE)
         result["original_chars_per_s"] = chars_per_second(model.generate, 1, block, slow_tokens)
     return result
 
@@ -422,21 +318,6 @@ data = reddit.load_reddit(Path(sys.argv[1]), Path(sys.argv[2]), clean=True,
                           max_vocab=reddit.DEFAULT_MAX_VOCAB)
 work = time.perf_counter() - start
 print(json.dumps({"baseline_rss": baseline, "work_s": work, "tokens": len(data.tokens)}))
-"""
-
-ORIGINAL_PROGRAM = """
-import json, resource, sys, time
-import torch
-baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter()
-with open(sys.argv[1], encoding="utf-8") as f:
-    text = f.read()
-chars = sorted(list(set(text)))
-stoi = {ch: i for i, ch in enumerate(chars)}
-encode = lambda s: [stoi[c] for c in s]
-data = torch.tensor(encode(text), dtype=torch.long)
-work = time.perf_counter() - start
-print(json.dumps({"baseline_rss": baseline, "work_s": work, "tokens": len(data)}))
 """
 
 

@@ -2,7 +2,7 @@
 
     python bigram.py                      # Tiny Shakespeare, the preset picked for this machine
     python bigram.py --preset gpu         # the reference run: 6 layers, 6 heads, 384 channels
-    python bigram.py --model bigram       # the bigram baseline this repository is named after
+    python bigram.py --model-type bigram  # the bigram baseline this repository is named after
 
 The file reads top to bottom: the model (GPTConfig, attention, MLP, blocks, the GPT), generation
 (sampling with a KV cache), then training (the presets, batches, evaluation, the learning-rate
@@ -50,12 +50,17 @@ from scratchgpt.optimizers import make_optimizers, set_learning_rates
 
 def setting(
     default: object, help: str, choices: tuple | None = None, shape: bool = False,
-    many: bool = False,
+    many: bool = False, switch: bool = False,
 ):  # fmt: skip
     """A config field with its --flag's help; shape: the setting is fixed once a model trains;
-    many: the flag takes one value or more (a tuple)."""
-    metadata = {"help": help, "choices": choices, "shape": shape, "many": many}
+    many: the flag takes one value or more (a tuple); switch: a piece of the recipe that
+    ARCHITECTURES sets, whose default is the 2019 model's (checkpoints written before the switch
+    existed load with it)."""
+    metadata = {"help": help, "choices": choices, "shape": shape, "many": many, "switch": switch}
     return field(default=default, metadata=metadata)
+
+
+model_switch = partial(setting, shape=True, switch=True)  # a piece of the model's recipe
 
 
 @dataclass
@@ -66,15 +71,15 @@ class GPTConfig:
     n_head: int = setting(6, "attention heads per block", shape=True)
     n_embd: int = setting(384, "channels (embedding width)", shape=True)
     dropout: float = setting(0.2, "dropout rate")
-    bias: bool = setting(True, "biases in linear layers and LayerNorm", shape=True)
     # The switches of the modern recipe (ARCHITECTURES below); their defaults are the 2019 model.
-    rope: bool = setting(False, "rotary positions instead of a position table", shape=True)
-    norm: str = setting("layer", "LayerNorm, or RMSNorm (no mean)", ("layer", "rms"), shape=True)
-    qk_norm: bool = setting(False, "RMS-norm queries and keys per head", shape=True)
-    mlp: str = setting("gelu", "the MLP's activation", ("gelu", "relu2"), shape=True)
-    split_qkv: bool = setting(False, "q, k, v from three matrices (Muon: one each)", shape=True)
-    residual_scalars: bool = setting(False, "each block reads a learned mix of the residual "
-                                     "stream and the embedding", shape=True)  # fmt: skip
+    bias: bool = model_switch(True, "biases in linear layers and LayerNorm")
+    rope: bool = model_switch(False, "rotary positions instead of a position table")
+    norm: str = model_switch("layer", "LayerNorm, or RMSNorm (no mean)", ("layer", "rms"))
+    qk_norm: bool = model_switch(False, "RMS-norm queries and keys per head")
+    mlp: str = model_switch("gelu", "the MLP's activation", ("gelu", "relu2"))
+    split_qkv: bool = model_switch(False, "q, k, v from three matrices (Muon: one each)")
+    residual_scalars: bool = model_switch(False, "each block reads a learned mix of the residual "
+                                          "stream and the embedding")  # fmt: skip
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -222,12 +227,24 @@ class Block(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """What both models share: their config, their size, and generation's KV cache."""
+    """What both models share: their config, their size, their cost, and generation's KV cache."""
 
     config: GPTConfig
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    @classmethod
+    def memory_needed(cls, config: GPTConfig, batch_size: int, training: bool) -> int:
+        """Rough bytes to run (training: to train) a model of config on batch_size sequences, known
+        before it is built: float32 weights (training: with their gradients and AdamW's two
+        moments), and generation's KV cache, or the activations the backward pass keeps (about
+        20 floats per channel and layer) and the logits."""
+        C, T, L, V = config.n_embd, config.block_size, config.n_layer, config.vocab_size
+        weights = 4 * cls.parameter_count(config)
+        if not training:
+            return weights + 2 * 4 * L * batch_size * T * C
+        return 4 * weights + batch_size * T * (20 * 4 * L * C + 3 * 4 * V)
 
     def new_kv_cache(self, batch_size: int, device) -> KVCache:
         """An empty cache for generation, in the dtype attention reads (machine.cache_dtype). The
@@ -259,6 +276,25 @@ class GPTLanguageModel(LanguageModel):
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def parameter_count(config: GPTConfig) -> int:
+        """The parameters of a model of config, counted without building it."""
+        C, L, V = config.n_embd, config.n_layer, config.vocab_size
+        norm = 2 * C if config.norm == "layer" and config.bias else C  # gain (and bias)
+        biases = 9 * C if config.bias else 0  # qkv 3C, proj C, fc 4C, proj C
+        block = 2 * norm + 12 * C * C + biases
+        positions = 0 if config.rope else config.block_size * C
+        scalars = 2 * L if config.residual_scalars else 0
+        head = V * C + (V if config.bias else 0)
+        return V * C + positions + scalars + L * block + norm + head
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token: 6 per weight (forward and backward), less the position table
+        (a lookup, not a product), plus attention's scores and mix (PaLM, appendix B)."""
+        c = self.config
+        products = self.num_parameters() - (0 if c.rope else c.block_size * c.n_embd)
+        return 6 * products + 12 * c.n_layer * c.n_embd * c.block_size
 
     @staticmethod
     def _init_weights(module):
@@ -308,6 +344,13 @@ class BigramLanguageModel(LanguageModel):
         self.logits_table = nn.Embedding(config.vocab_size, config.vocab_size)
         nn.init.normal_(self.logits_table.weight, std=0.02)  # start near uniform: loss ln(vocab)
 
+    @staticmethod
+    def parameter_count(config: GPTConfig) -> int:
+        return config.vocab_size**2
+
+    def flops_per_token(self) -> int:
+        return 6 * self.num_parameters()
+
     def forward(self, idx, targets=None, kv_cache: KVCache | None = None):
         logits = self.logits_table(idx)
         if kv_cache is not None:
@@ -324,7 +367,8 @@ def model_from_checkpoint(
 ) -> nn.Module:
     """The model a checkpoint (checkpoint.load_checkpoint) holds, settings and weights checked."""
     model_type, config = checkpoint.model_config(saved, path, GPTConfig, MODEL_TYPES)
-    machine.check_memory(config, batch_size=1, training=False, device=torch.device(device))
+    needed = MODEL_TYPES[model_type].memory_needed(config, batch_size=1, training=False)
+    machine.check_memory(needed, config, batch_size=1, device=torch.device(device))
     model = MODEL_TYPES[model_type](config)
     checkpoint.load_weights(model, saved["model"], path)
     return model.to(device)
@@ -469,7 +513,7 @@ class TrainConfig(GPTConfig):
     data: str = setting("", "corpus: a UTF-8 text file, or a .rar for reddit")
     out: str = setting("", "checkpoint path (default checkpoints/<dataset>.pt)")
     preset: str = setting("gpu", "default: gpu on CUDA, else by CPU class", tuple(PRESETS))
-    model: str = setting("gpt", "gpt (default) or the bigram baseline", tuple(MODEL_TYPES))
+    model_type: str = setting("gpt", "gpt (default) or the bigram baseline", tuple(MODEL_TYPES))
     clean: bool = setting(True, "--no-clean: the text exactly as written (CRLF, entities)")
     max_vocab: int = setting(reddit.DEFAULT_MAX_VOCAB, "reddit: characters kept; the rest: one")
     batch_size: int = setting(64, "sequences per micro-batch, per process")
@@ -477,12 +521,13 @@ class TrainConfig(GPTConfig):
     max_iters: int = setting(5000, "optimizer steps")
     eval_interval: int = setting(250, "steps between evaluations (and saves)")
     eval_iters: int = setting(200, "batches per split in an evaluation")
-    optimizer: str = setting("adamw", "muon: Muon for the blocks' matrices", ("adamw", "muon"))
+    optimizer: str = setting("adamw", "muon: Muon for the blocks' matrices", ("adamw", "muon"),
+                             switch=True)  # fmt: skip
     lr: float = setting(1e-3, "peak learning rate (AdamW's)")
     muon_lr: float = setting(0.02, "Muon's peak learning rate")
     min_lr: float = setting(1e-4, "learning rate at the end (Muon's falls in proportion)")
     schedule: str = setting("cosine", "after warmup: cosine, or wsd (flat, then a line)",
-                            ("cosine", "wsd"))  # fmt: skip
+                            ("cosine", "wsd"), switch=True)  # fmt: skip
     warmup_iters: int = setting(100, "steps of linear warmup")
     decay_share: float = setting(0.45, "wsd: the last share of the run the learning rate falls")
     weight_decay: float = setting(0.1, "weight decay of the matrices (AdamW and Muon)")
@@ -718,8 +763,9 @@ def start_run(
     or a saved run's whole state (resume)."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     config = replace(config, vocab_size=len(data.vocab))
-    machine.check_memory(config, config.batch_size, training=True, device=device)
-    model = MODEL_TYPES[config.model](GPTConfig(**model_settings(config))).to(device)
+    needed = MODEL_TYPES[config.model_type].memory_needed(config, config.batch_size, training=True)
+    machine.check_memory(needed, config, config.batch_size, device)
+    model = MODEL_TYPES[config.model_type](GPTConfig(**model_settings(config))).to(device)
     train_data, val_data = corpus.split_corpus(data.tokens)
     dtype = machine.resolve_dtype(config.dtype, device)
     optimizers = make_optimizers(model, config, device)
@@ -781,7 +827,7 @@ def save_if_best(run: Run, record: dict) -> None:
     if record["val_loss"] < run.best_val_loss:  # never true for NaN: a diverged model is not saved
         run.best_val_loss, run.best_step = record["val_loss"], run.step
         state = checkpoint.training_state(
-            run.config.model, run.model, run.optimizers, run.data.vocab, asdict(run.config),
+            run.config.model_type, run.model, run.optimizers, run.data.vocab, asdict(run.config),
             run.step, run.best_val_loss, record["elapsed_s"], run.data.identity,
         )  # fmt: skip
         checkpoint.save_checkpoint(state, run.config.out, replace=run.saved)

@@ -10,8 +10,8 @@ A training run adds what --resume needs to continue exactly: "config" (every set
 "optimizer" (AdamW's state), "muon" (Muon's, when the run uses it), "elapsed_s" (seconds trained),
 "rng" (the seed; each step's randomness derives from it and the step) and "corpus" (the length and
 hash of the tokens it trains on). A checkpoint may lack the keys added to this list over time:
-upgrade() fills them in as it is read, so every checkpoint ever written loads, generates and
-resumes.
+upgrade() fills them in as it is read, and with_switch_defaults() the switches added since it was
+written, so every checkpoint ever written loads, generates and resumes.
 """
 
 import math
@@ -30,16 +30,10 @@ CHECKPOINT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 REQUIRED_KEYS = ("model_args", "vocab", "model", "iter", "best_val_loss")
 RESUME_KEYS = ("config", "optimizer", "elapsed_s")
 
-# A checkpoint without the architecture's switches holds the classic model, trained with AdamW and
-# a cosine schedule; a modern one without split_qkv has one qkv matrix, one without
-# residual_scalars has none.
-SETTINGS_BEFORE_SWITCHES = dict(rope=False, norm="layer", qk_norm=False, mlp="gelu", bias=True,
-                                split_qkv=False, residual_scalars=False)  # fmt: skip
 # Switches that were measured and removed (docs/results.md): switched off, they are the model
 # without them; switched on, the checkpoint is refused as holding an unknown setting.
 REMOVED_SWITCHES = dict(pair_embedding=False, logit_cap=0.0, value_embeddings=False,
                         cautious_decay=False)  # fmt: skip
-TRAINING_BEFORE_SWITCHES = dict(optimizer="adamw", schedule="cosine")
 
 
 def default_path(dataset: str) -> Path:
@@ -114,14 +108,26 @@ def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dic
 
 
 def upgrade(saved: dict) -> dict:
-    """The checkpoint in the current format: every rule for older checkpoints is here."""
+    """The checkpoint in the current format: every rule for older checkpoints is here, but for
+    the switches it lacks, which take their defaults once its settings are read against the
+    config (with_switch_defaults)."""
     if isinstance(saved["model_args"], dict):
-        saved["model_args"] = without_removed(SETTINGS_BEFORE_SWITCHES | saved["model_args"])
+        saved["model_args"] = without_removed(saved["model_args"])
     if isinstance(saved.get("config"), dict):
-        before = SETTINGS_BEFORE_SWITCHES | TRAINING_BEFORE_SWITCHES
-        saved["config"] = without_removed(before | saved["config"])
+        saved["config"] = without_removed(saved["config"])
+        if "model" in saved["config"]:  # the model type's earlier name
+            saved["config"]["model_type"] = saved["config"].pop("model")
     saved.setdefault("corpus", None)  # no record of the corpus: nothing to compare on --resume
     return saved
+
+
+def with_switch_defaults(settings: dict, config_class: type) -> dict:
+    """settings, with each switch of config_class they lack at its default. A switch defaults to
+    the model and training of 2019 (bigram.setting), so a checkpoint written before it existed
+    holds that: a classic model with AdamW and a cosine schedule, a modern one without split_qkv
+    one qkv matrix, one without residual_scalars none."""
+    switches = {f.name: f.default for f in fields(config_class) if f.metadata.get("switch")}
+    return switches | settings
 
 
 def without_removed(settings: dict) -> dict:
@@ -156,11 +162,12 @@ def model_config(
     saved: dict, path: Path | str, config_class: type, model_types: dict
 ) -> tuple[str, object]:
     """The model type and config (a config_class) a checkpoint declares, checked against its
-    vocabulary before anything is built."""
-    args = saved["model_args"]
-    if not isinstance(args, dict):
+    vocabulary before anything is built; the switches an older one lacks are filled in
+    (with_switch_defaults)."""
+    if not isinstance(saved["model_args"], dict):
         raise UserError(f"{path}: its model settings are not a dictionary")
-    args = dict(args)
+    saved["model_args"] = with_switch_defaults(saved["model_args"], config_class)
+    args = dict(saved["model_args"])
     model_type = args.pop("model_type", None)
     if model_type not in model_types:
         known = ", ".join(model_types)
@@ -211,11 +218,13 @@ def load_weights(
 
 
 def check_resumable(saved: dict, path, config_class) -> None:
-    """A checkpoint holds the training state --resume continues, each part of the right kind."""
+    """A checkpoint holds the training state --resume continues, each part of the right kind;
+    the switches of an older one's settings are filled in (with_switch_defaults)."""
     if not all(key in saved for key in RESUME_KEYS):
         raise UserError(f"--resume: {path} holds a model but not the training state to continue")
     if not isinstance(saved["config"], dict) or not isinstance(saved["optimizer"], dict):
         raise UserError(f"--resume: {path}'s training state is damaged")
+    saved["config"] = with_switch_defaults(saved["config"], config_class)
     check_fields(saved["config"], config_class, f"--resume: {path}'s training settings")
     identity = saved["corpus"]
     if identity is not None and not (
@@ -239,9 +248,8 @@ def start_from(saved: dict, model: nn.Module, path) -> None:
 
 
 def model_shape(saved: dict, names: tuple[str, ...]) -> dict:
-    """The settings a checkpoint's model fixes, of names ("model" is its type)."""
-    args = saved["model_args"]
-    return {name: args["model_type"] if name == "model" else args[name] for name in names}
+    """The settings a checkpoint's model fixes, of names."""
+    return {name: saved["model_args"][name] for name in names}
 
 
 def restore_training(

@@ -456,17 +456,6 @@ def generation_weights(
 # Memory: a shape that cannot fit is refused before it is allocated
 
 
-def memory_needed(config, batch_size: int, training: bool) -> int:
-    """Rough bytes to run (or train) a model of config's shape: weights, and for training their
-    gradients and two AdamW moments plus the activations kept for the backward pass."""
-    C, T, L, V = config.n_embd, config.block_size, config.n_layer, config.vocab_size
-    parameters = 12 * L * C * C + C * (2 * V + T)
-    if not training:
-        return 4 * parameters + 2 * 4 * L * batch_size * T * C  # float32 weights, KV cache
-    activations = batch_size * T * (20 * 4 * L * C + 3 * 4 * V)  # ~20 floats per channel-layer
-    return 16 * parameters + activations
-
-
 def memory_available(device: torch.device) -> int | None:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
@@ -477,11 +466,11 @@ def memory_available(device: torch.device) -> int | None:
 
 
 def check_memory(
-    config, batch_size: int, training: bool, device: torch.device,
+    needed: int, config, batch_size: int, device: torch.device,
     advice: str = "choose a smaller shape",
 ) -> None:  # fmt: skip
-    """Refuse, with the figures, a shape that would not fit: allocating it would fail or hang."""
-    needed = memory_needed(config, batch_size, training)
+    """Refuse, with the figures, a model of config that needs more bytes than the device has
+    (the model's memory_needed): allocating it would fail or hang."""
     available = memory_available(device)
     if available is not None and needed > available:
         sequences = "one sequence" if batch_size == 1 else f"{batch_size:,} sequences at once"

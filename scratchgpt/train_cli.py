@@ -34,7 +34,15 @@ Config = Any
 MAX_SAMPLE_CHARS = 100_000  # a sample at each evaluation: longer would cost more than training
 # What the shape table's runs fix (machine.py), with the architecture's switches: a run given any
 # of them trains its own shape.
-TABLE_SHAPE = ("model", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum")
+TABLE_SHAPE = (
+    "model_type",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "block_size",
+    "batch_size",
+    "grad_accum",
+)
 # What a training step's speed depends on besides the model's settings: a cached step time is
 # kept under a hash of them.
 STEP_SETTINGS = ("batch_size", "grad_accum", "optimizer", "dtype", "dropout", "compile")
@@ -42,7 +50,7 @@ STEP_SETTINGS = ("batch_size", "grad_accum", "optimizer", "dtype", "dropout", "c
 
 def model_shape(config_class: type) -> tuple[str, ...]:
     """The settings a trained model fixes: --resume and --init-from refuse to change them."""
-    return ("model", *(f.name for f in fields(config_class) if f.metadata.get("shape")))
+    return ("model_type", *(f.name for f in fields(config_class) if f.metadata.get("shape")))
 
 
 def kept_on_resume(config_class: type) -> dict[str, str]:
@@ -56,10 +64,15 @@ def kept_on_resume(config_class: type) -> dict[str, str]:
 
 def parse_args(argv: list[str] | None, config_class: type) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Train a character-level GPT (or the bigram baseline).")
-    # Given flags override the preset (or, with --resume, the checkpoint's settings).
+    # Given flags override the preset (or, with --resume, the checkpoint's settings). --model is
+    # --model-type's earlier name, still taken.
     arch_help = "the switches below at once; default: the preset's (cpu: modern)"
     p.add_argument("--arch", choices=config_class.architectures, help=arch_help)
     add_flags(p, config_class)
+    model_types = next(f for f in fields(config_class) if f.name == "model_type").metadata[
+        "choices"
+    ]
+    p.add_argument("--model", dest="model_type", choices=model_types, help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--plot", nargs="+", type=Path, metavar="RUN.jsonl",
                    help="draw these training logs into one picture, then exit")  # fmt: skip
@@ -382,7 +395,7 @@ def describe(run: Any, machine_line: str | None, preset_picked: bool) -> str:
     train_tokens, val_tokens = (len(run.splits[s]) for s in ("train", "val"))
     lines = [
         f"architecture: {recipe(c)}",
-        f"{c.model}: {run.model.num_parameters() / 1e6:.2f}M parameters, vocab "
+        f"{c.model_type}: {run.model.num_parameters() / 1e6:.2f}M parameters, vocab "
         f"{len(run.data.vocab)}, {train_tokens:,} train / {val_tokens:,} val tokens, on "
         f"{ddp.world_size} x {run.device.type} in {str(run.dtype).removeprefix('torch.')}",
         f"tokens per optimizer step: {run.tokens_per_step:,} = batch {c.batch_size} x block "

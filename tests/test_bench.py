@@ -80,20 +80,6 @@ def test_synthetic_text_is_whole_lines_of_utf8(tmp_path):
     data.decode("utf-8")  # never cut inside a character
 
 
-def test_original_model_learns_like_gpt_py():
-    # The re-implementation of the original is a real model: its loss starts near ln(vocab) and
-    # generation continues the context one token at a time.
-    torch.manual_seed(0)
-    shape = dict(bench.TINY)
-    model = bench.original_model(shape)
-    data = torch.randint(bench.VOCAB_SIZE, (1000,))
-    x, y = bench.original_get_batch(data, shape["block_size"], shape["batch_size"])
-    _, loss = model(x, y)
-    assert abs(loss.item() - torch.log(torch.tensor(bench.VOCAB_SIZE)).item()) < 0.5
-    out = model.generate(x[:1, :5], max_new_tokens=40)  # past block_size: the window slides
-    assert out.shape == (1, 45) and torch.equal(out[:, :5], x[:1, :5])
-
-
 def test_without_bf16_instructions_nothing_is_timed_in_bf16(tmp_path, monkeypatch):
     # Emulated bf16 is many times slower than float32: timing it would take the whole run.
     monkeypatch.setattr(machine, "bf16_is_native", lambda: False)
@@ -119,18 +105,6 @@ def test_a_part_far_out_of_line_with_its_flops_is_a_warning():
     assert len(slow) == 2 and all(line.startswith("warning: the optimizer") for line in slow)
     assert "longer than forward and backward together" in slow[1]
     assert bench.part_warnings(parts(1, 2, 4)) == []  # a tiny model: overhead, not arithmetic
-
-
-def test_training_flops_follow_the_architecture():
-    classic = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65))
-    modern_switches = {k: v for k, v in bigram.ARCHITECTURES["modern"].items()
-                       if k in bigram.model_settings(bigram.GPTConfig())}  # fmt: skip
-    modern = bigram.GPTLanguageModel(bigram.GPTConfig(vocab_size=65, **modern_switches))
-    attention = 12 * 6 * 384 * 256
-    position_table = 256 * 384
-    classic_count = classic.num_parameters()
-    assert bench.flops_per_token(classic) == 6 * (classic_count - position_table) + attention
-    assert bench.flops_per_token(modern) == 6 * modern.num_parameters() + attention
 
 
 def test_the_step_timed_in_parts_is_the_training_step():

@@ -1,4 +1,6 @@
-"""The model: configuration checks, causality, the KV cache, sampling."""
+"""The model: configuration checks, its size and cost, causality, the KV cache, sampling."""
+
+import itertools
 
 import pytest
 import torch
@@ -220,3 +222,31 @@ def test_residual_scalars_start_as_the_model_without_them():
     assert set(missing) == {"resid_lambdas", "x0_lambdas"}
     idx = torch.randint(0, 11, (2, 12))
     torch.testing.assert_close(mixed(idx)[0], plain(idx)[0])  # resid 1, x0 0: the plain stream
+
+
+SWITCHES = ("bias", "rope", "norm", "qk_norm", "mlp", "split_qkv", "residual_scalars")
+SWITCH_VALUES = {"norm": ("layer", "rms"), "mlp": ("gelu", "relu2")}
+
+
+@pytest.mark.parametrize(
+    "values", list(itertools.product(*(SWITCH_VALUES.get(s, (False, True)) for s in SWITCHES)))
+)
+def test_the_parameter_count_known_before_building_is_the_built_models(values):
+    # memory_needed refuses a model too large before it is built: its count must not drift
+    # from the model when a switch is added or changed.
+    config = GPTConfig(**{**vars(CONFIG), **dict(zip(SWITCHES, values, strict=True))})
+    assert GPTLanguageModel.parameter_count(config) == GPTLanguageModel(config).num_parameters()
+    bigram = BigramLanguageModel(config)
+    assert BigramLanguageModel.parameter_count(config) == bigram.num_parameters()
+
+
+def test_training_flops_follow_the_architecture():
+    classic = GPTLanguageModel(GPTConfig(vocab_size=65))
+    modern_switches = {k: v for k, v in ARCHITECTURES["modern"].items()
+                       if k in model_settings(GPTConfig())}  # fmt: skip
+    modern = GPTLanguageModel(GPTConfig(vocab_size=65, **modern_switches))
+    attention = 12 * 6 * 384 * 256
+    position_table = 256 * 384
+    classic_count = classic.num_parameters()
+    assert classic.flops_per_token() == 6 * (classic_count - position_table) + attention
+    assert modern.flops_per_token() == 6 * modern.num_parameters() + attention

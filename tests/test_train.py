@@ -1,5 +1,6 @@
 """Training: the loss falls, logs and checkpoints are written, and --resume continues exactly."""
 
+import dataclasses
 import json
 import math
 import os
@@ -59,10 +60,21 @@ def test_checkpoint_holds_everything_needed_to_resume(tmp_path):
 
 def test_bigram_baseline_trains_and_saves(tmp_path):
     flags = ["--max-iters", "30", "--eval-interval", "30", "--lr", "0.1", "--warmup-iters", "0"]
-    log = train(tmp_path, "--model", "bigram", *flags)
+    log = train(tmp_path, "--model-type", "bigram", *flags)
     checkpoint = load_checkpoint(tmp_path / "run.pt")
     assert checkpoint["model_args"]["model_type"] == "bigram"
+    assert checkpoint["config"]["model_type"] == "bigram"
     assert log[-1]["val_loss"] < 2.5  # uniform guessing over 31 characters scores 3.43
+
+
+def test_the_model_type_keeps_its_earlier_name_in_flags_and_checkpoints(tmp_path):
+    train(tmp_path, "--model", "bigram", "--max-iters", "2", "--eval-interval", "2")
+    saved = load_checkpoint(tmp_path / "run.pt")
+    saved["config"]["model"] = saved["config"].pop("model_type")  # as older checkpoints hold it
+    save_checkpoint(saved, tmp_path / "run.pt")
+    log = train(tmp_path, "--max-iters", "4", "--eval-interval", "2", "--resume")
+    assert [r["iter"] for r in log] == [2, 4]
+    assert load_checkpoint(tmp_path / "run.pt")["config"]["model_type"] == "bigram"
 
 
 @pytest.mark.parametrize("arch", ["classic", "modern"])  # AdamW alone; Muon and AdamW
@@ -446,6 +458,16 @@ def fine_tune_two_steps(tmp_path):
             "--out", str(tuned), *TINY_RUN[len(TINY_MODEL):], "--max-iters", "2"]  # fmt: skip
     assert bigram.main(argv) == 0
     return tuned
+
+
+def test_every_switch_is_in_both_architectures_and_classic_is_the_defaults():
+    # A switch is declared once, as a config field marked switch=True; the architectures and
+    # the settings of older checkpoints (checkpoint.with_switch_defaults) follow from it.
+    fields = {f.name: f.default for f in dataclasses.fields(bigram.TrainConfig)}
+    switches = {f.name for f in dataclasses.fields(bigram.TrainConfig) if f.metadata.get("switch")}
+    for arch in bigram.ARCHITECTURES.values():
+        assert arch.keys() == switches
+    assert bigram.ARCHITECTURES["classic"] == {name: fields[name] for name in switches}
 
 
 def test_checkpoints_from_before_the_switches_resume_and_fine_tune_as_classic(tmp_path):
