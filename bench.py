@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ import torch.nn as nn
 import bigram
 import MODEL
 from scratchgpt import corpus, distributed, machine, train_cli
-from scratchgpt.cli import UserError
+from scratchgpt.cli import UserError, add_flags
 from scratchgpt.optimizers import make_optimizers
 from scratchgpt.original import ORIGINAL_PROGRAM, original_get_batch, original_model
 
@@ -48,6 +49,9 @@ REPO = Path(__file__).resolve().parent
 REDDIT_SAMPLE = REPO.parent / "shared" / "data" / "reddit" / "comments.txt"
 VOCAB_SIZE = 65  # Tiny Shakespeare's; speed does not depend on the data, so tokens are random
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, dropout=0.2)
+# The flags that shape what is timed, made from TrainConfig's fields as bigram.py's are.
+MODEL_FLAGS = (*(f.name for f in fields(bigram.GPTConfig) if f.name != "vocab_size"),
+               "batch_size", "dtype")  # fmt: skip
 SECTIONS = ("matmul", "train", "generate", "corpus", "choices")
 
 
@@ -440,63 +444,79 @@ def machine_summary() -> dict:
     }
 
 
-def table_rows(results: dict) -> list[tuple[str, str, str]]:
-    """(measurement, value, unit) rows for the sections that ran."""
-    rows = []
-    if "matmul" in results:
-        m = results["matmul"]
-        sizes = "/".join(str(n) for n in m["sizes"])
-        for dtype in ("float32", "bfloat16"):
-            value = f"{m[dtype + '_gflops']:,.0f}" if dtype + "_gflops" in m else "emulated"
-            rows.append((f"matmul peak {dtype} (best of n={sizes})", value, "GFLOP/s"))
-    if "train" in results:
-        t = results["train"]
-        mfu = lambda r: f"tokens/s, MFU {r['mfu']:.1%}" if r["mfu"] is not None else "tokens/s"
-        rows.append((f"train ScratchGPT, {t['dtype']}", f"{t['tokens_per_s']:,.0f}", mfu(t)))
-        for name, part in t["parts"].items():
-            flops = f"ms; {part['gflop']:,.2f} GFLOP at {part['gflops']:,.1f} GFLOP/s"
-            rows.append((f"  of one step: {name}", f"{part['ms']:,.1f}", flops))
-        if "original" in t:
-            o = t["original"]
-            rows.append(("train original gpt.py, float32", f"{o['tokens_per_s']:,.0f}", mfu(o)))
-            speedup = f"{t['tokens_per_s'] / o['tokens_per_s']:.1f}"
-            rows.append(("train speed-up over the original", speedup, "x"))
-    if "generate" in results:
-        g = results["generate"]
-        for n, by_dtype in g["batch"].items():
-            for dtype, value in by_dtype.items():
-                samples = "1 sample" if n == "1" else f"{n} samples"
-                unit = "chars/s" if n == "1" else "chars/s, all samples together"
-                rows.append((f"generate {samples}, KV cache, {dtype}", f"{value:,.0f}", unit))
-        picked = f"{g['model_py_chars_per_s']:,.0f}"
-        default = f"generate 1 sample, MODEL.py's default weights ({g['model_py_dtype']})"
-        rows.append((default, picked, "chars/s"))
-        speedup = f"{g['model_py_chars_per_s'] / g['kv_cache_chars_per_s']:.1f}"
-        rows.append(("MODEL.py's default, speed-up over float32", speedup, "x"))
-        uncached = f"{g['no_cache_chars_per_s']:,.0f}"
-        rows.append(("generate 1 sample, no cache, float32", uncached, "chars/s"))
-        if "original_chars_per_s" in g:
-            original = f"{g['original_chars_per_s']:,.0f}"
-            rows.append(("generate 1 sample, original gpt.py loop", original, "chars/s"))
-            speedup = f"{g['kv_cache_chars_per_s'] / g['original_chars_per_s']:.0f}"
-            rows.append(("generate speed-up over the original (KV cache)", speedup, "x"))
-    if "corpus" in results:
-        c = results["corpus"]
-        for name, r in (("original one-liner", c["original"]), ("load_reddit", c["load_reddit"])):
-            if r.get("available", True):
-                memory = (
-                    f"MB/s; peak RSS {r['peak_rss_mb']:,.0f} MB: {r['net_rss_per_mb']:.2f} MB "
-                    f"per MB of text over the interpreter's {r['baseline_rss_mb']:.0f} MB"
-                )
-                rows.append(
-                    (f"corpus {name}, {r['size_mb']:.3g} MB", f"{r['mb_per_s']:.1f}", memory)
-                )
-        if c["load_reddit"]["available"]:
-            ratio = f"{c['net_rss_per_mb_ratio']:.0f}"
-            rows.append(("corpus memory per MB, original / load_reddit", ratio, "x"))
-        else:
-            rows.append(("corpus load_reddit", "unavailable", c["load_reddit"]["reason"]))
+Row = tuple[str, str, str]  # (measurement, value, unit)
+
+
+def matmul_rows(m: dict) -> list[Row]:
+    sizes = "/".join(str(n) for n in m["sizes"])
+    return [
+        (f"matmul peak {dtype} (best of n={sizes})",
+         f"{m[dtype + '_gflops']:,.0f}" if dtype + "_gflops" in m else "emulated", "GFLOP/s")
+        for dtype in ("float32", "bfloat16")
+    ]  # fmt: skip
+
+
+def train_rows(t: dict) -> list[Row]:
+    mfu = lambda r: f"tokens/s, MFU {r['mfu']:.1%}" if r["mfu"] is not None else "tokens/s"
+    rows = [(f"train ScratchGPT, {t['dtype']}", f"{t['tokens_per_s']:,.0f}", mfu(t))]
+    for name, part in t["parts"].items():
+        flops = f"ms; {part['gflop']:,.2f} GFLOP at {part['gflops']:,.1f} GFLOP/s"
+        rows.append((f"  of one step: {name}", f"{part['ms']:,.1f}", flops))
+    if "original" in t:
+        o = t["original"]
+        rows.append(("train original gpt.py, float32", f"{o['tokens_per_s']:,.0f}", mfu(o)))
+        speedup = f"{t['tokens_per_s'] / o['tokens_per_s']:.1f}"
+        rows.append(("train speed-up over the original", speedup, "x"))
     return rows
+
+
+def generate_rows(g: dict) -> list[Row]:
+    rows = []
+    for n, by_dtype in g["batch"].items():
+        for dtype, value in by_dtype.items():
+            samples = "1 sample" if n == "1" else f"{n} samples"
+            unit = "chars/s" if n == "1" else "chars/s, all samples together"
+            rows.append((f"generate {samples}, KV cache, {dtype}", f"{value:,.0f}", unit))
+    default = f"generate 1 sample, MODEL.py's default weights ({g['model_py_dtype']})"
+    rows.append((default, f"{g['model_py_chars_per_s']:,.0f}", "chars/s"))
+    speedup = f"{g['model_py_chars_per_s'] / g['kv_cache_chars_per_s']:.1f}"
+    rows.append(("MODEL.py's default, speed-up over float32", speedup, "x"))
+    uncached = f"{g['no_cache_chars_per_s']:,.0f}"
+    rows.append(("generate 1 sample, no cache, float32", uncached, "chars/s"))
+    if "original_chars_per_s" in g:
+        original = f"{g['original_chars_per_s']:,.0f}"
+        rows.append(("generate 1 sample, original gpt.py loop", original, "chars/s"))
+        speedup = f"{g['kv_cache_chars_per_s'] / g['original_chars_per_s']:.0f}"
+        rows.append(("generate speed-up over the original (KV cache)", speedup, "x"))
+    return rows
+
+
+def corpus_rows(c: dict) -> list[Row]:
+    rows = []
+    for name, r in (("original one-liner", c["original"]), ("load_reddit", c["load_reddit"])):
+        if r.get("available", True):
+            memory = (
+                f"MB/s; peak RSS {r['peak_rss_mb']:,.0f} MB: {r['net_rss_per_mb']:.2f} MB "
+                f"per MB of text over the interpreter's {r['baseline_rss_mb']:.0f} MB"
+            )
+            rows.append((f"corpus {name}, {r['size_mb']:.3g} MB", f"{r['mb_per_s']:.1f}", memory))
+    if c["load_reddit"]["available"]:
+        ratio = f"{c['net_rss_per_mb_ratio']:.0f}"
+        rows.append(("corpus memory per MB, original / load_reddit", ratio, "x"))
+    else:
+        rows.append(("corpus load_reddit", "unavailable", c["load_reddit"]["reason"]))
+    return rows
+
+
+# Each section's rows of the report, by the section's name (the choices print lines of their own).
+SECTION_ROWS = {"matmul": matmul_rows, "train": train_rows, "generate": generate_rows,
+                "corpus": corpus_rows}  # fmt: skip
+
+
+def table_rows(results: dict) -> list[Row]:
+    """(measurement, value, unit) rows for the sections that ran."""
+    return [row for name, rows in SECTION_ROWS.items() if name in results
+            for row in rows(results[name])]  # fmt: skip
 
 
 def print_report(results: dict) -> None:
@@ -528,15 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Benchmark ScratchGPT on this machine.")
     p.add_argument("--preset", choices=bigram.PRESETS, default="gpu")
     p.add_argument("--arch", choices=bigram.ARCHITECTURES, help="default: the preset's")
-    for name, kind in [("n_layer", int), ("n_head", int), ("n_embd", int), ("block_size", int),
-                       ("batch_size", int), ("dropout", float)]:  # fmt: skip
-        p.add_argument("--" + name.replace("_", "-"), type=kind, dest=name)
-    p.add_argument(
-        "--dtype",
-        choices=["auto", "float32", "bfloat16"],
-        default="auto",
-        help="training precision (auto: bfloat16 where the CPU has it natively)",
-    )
+    add_flags(p, bigram.TrainConfig, names=MODEL_FLAGS)  # the model's flags, as bigram.py has them
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
     p.add_argument("--corpus-mb", type=float, default=250, help="text size for load_reddit")
@@ -562,20 +574,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def model_shape(args: argparse.Namespace) -> dict:
-    keys = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "dropout")
-    preset = TINY if args.tiny else vars(bigram.TrainConfig(**bigram.PRESETS[args.preset]))
-    shape = {k: preset[k] for k in keys}
-    shape |= {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    if args.arch or args.tiny:  # the tiny configuration is the modern one, unless told
-        shape |= bigram.ARCHITECTURES[args.arch or "modern"]
-    else:
-        shape |= {k: preset[k] for k in bigram.ARCHITECTURES["classic"]}
-    settings = {k: v for k, v in shape.items() if k in bigram.model_settings(bigram.GPTConfig())}
+    """The settings of the run to time: the preset's, --arch's, then the flags given, merged as
+    python bigram.py merges them; --tiny starts from a tiny modern model instead of a preset."""
+    cpu = torch.device("cpu")
+    if not args.tiny:
+        return asdict(train_cli.make_config(args, cpu, None, bigram.TrainConfig))
+    given = {name: getattr(args, name) for name in MODEL_FLAGS if getattr(args, name) is not None}
+    arch = bigram.ARCHITECTURES[args.arch or "modern"]
     try:
-        bigram.GPTConfig(**settings)
+        return asdict(bigram.TrainConfig(**{**TINY, **arch, **given}))
     except ValueError as e:  # GPTConfig's checks
         raise UserError(str(e)) from None
-    return shape
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -583,10 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     sections, tiny, original = args.only.split(","), args.tiny, not args.skip_original
     try:
         shape = model_shape(args)
+        dtype = machine.resolve_dtype(shape["dtype"], torch.device("cpu"))
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    dtype = machine.resolve_dtype(args.dtype, torch.device("cpu"))
     name = "tiny" if tiny else f"preset {args.preset}"
     arch = train_cli.arch_name(bigram.TrainConfig(**shape))
     results: dict = {"machine": machine_summary(), "config": shape | {"name": name, "arch": arch}}

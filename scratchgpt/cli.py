@@ -46,12 +46,16 @@ def flag_fields(config_class) -> list[dataclasses.Field]:
     return [field for field in dataclasses.fields(config_class) if "help" in field.metadata]
 
 
-def add_flags(parser: argparse.ArgumentParser, config_class) -> None:
-    """A --flag for each of config_class's flag_fields: booleans as --x/--no-x, choices as
-    choices, a field of many values as one or more (a list, which the config holds as a tuple).
-    Every flag defaults to None, so that what was given on the command line can be told
-    from what was not."""
+def add_flags(
+    parser: argparse.ArgumentParser, config_class, names: tuple[str, ...] | None = None
+) -> None:
+    """A --flag for each of config_class's flag_fields (of names, when given): booleans as
+    --x/--no-x, choices as choices, a field of many values as one or more (a list, which the
+    config holds as a tuple). Every flag defaults to None, so that what was given on the command
+    line can be told from what was not."""
     for field in flag_fields(config_class):
+        if names is not None and field.name not in names:
+            continue
         kind = {"type": whole_number if field.type is int else field.type}
         if field.type is bool:
             kind = {"action": argparse.BooleanOptionalAction}

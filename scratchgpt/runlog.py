@@ -1,6 +1,6 @@
 """The record of a training run: its log (run.pt.jsonl: one JSON line per evaluation, one for
 the final score), written and read; its picture (run.pt.png), drawn with matplotlib when it is
-installed; and its progress bar on the console.
+installed; and what the console shows of it (the progress bar, each evaluation's lines).
 
     python bigram.py --plot checkpoints/a.pt.jsonl checkpoints/b.pt.jsonl   # compare two runs
 

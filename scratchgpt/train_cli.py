@@ -89,8 +89,9 @@ def default_preset(device: torch.device) -> str:
 def make_config(
     args: argparse.Namespace, device: torch.device, saved: dict | None, config_class: type
 ) -> Config:
-    """Preset (or the resumed run's saved settings), then the flags given on the command line."""
-    given = {f.name: getattr(args, f.name) for f in flag_fields(config_class)}
+    """Preset (or the resumed run's saved settings), then the flags given on the command line
+    (args may hold some of config_class's flags only: bench.py's)."""
+    given = {f.name: getattr(args, f.name, None) for f in flag_fields(config_class)}
     given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None}
     arch = config_class.architectures[args.arch] if args.arch else {}  # switches one by one win
     if saved is not None:
