@@ -12,7 +12,6 @@ file, which hands them what they need of it. Importing this file has no side eff
 """
 
 import argparse
-import copy
 import math
 import threading
 import time
@@ -545,11 +544,6 @@ class TrainConfig(GPTConfig):
                              "(several: their ensemble's)", many=True)  # fmt: skip
     distill_weight: float = setting(0.45, "distil: the teacher's share of the loss")
     distill_temperature: float = setting(1.2, "distil: both predictions softened by this")
-    ema: float = setting(0.0, "also average the weights, each step's kept at 1 - this (0: off); "
-                         "scored at the end beside them")  # fmt: skip
-    wd_schedule: str = setting("constant", "weight decay in the warm-down: constant, anti-phase "
-                               "(lr x wd held) or rising (to 4x)",
-                               ("constant", "anti-phase", "rising"))  # fmt: skip
     sample_chars: int = setting(200, "characters of sample text at each evaluation (0: none)")
     exhaustive_eval: bool = setting(False, "score every val character at each evaluation too")
     # The named settings a run starts from (--preset, --arch); not settings themselves.
@@ -754,7 +748,6 @@ class Run:
     progress: runlog.Progress | None = None  # the console's progress bar, while it trains
     picture: runlog.RunPicture | None = None  # the losses drawn beside the checkpoint
     teacher: Teacher | None = None  # distillation's (--teacher)
-    average: dict | None = None  # --ema's average of the weights
 
     @property
     def tokens_per_step(self) -> int:
@@ -864,43 +857,14 @@ def scheduled_step(
     config = run.config
     scale = lr_scale(run_progress(run.step, elapsed, config), run.step, config)
     set_learning_rates(run.optimizers, config, scale)
-    set_weight_decay(run.optimizers, config, scale, run.step)
     seed = step_seed(config.seed, run.ddp.rank, run.step)
     torch.manual_seed(seed)  # dropout masks
     batches = torch.Generator().manual_seed(seed)
     micro = [get_batch(run.splits["train"], config, batches) for _ in range(config.grad_accum)]
     loss = train_on_batches(model, run.optimizers, scaler, micro, config.grad_clip, run.device,
-                              run.dtype, run.teacher)  # fmt: skip
-    if config.ema:
-        update_average(run, config.ema)
+                      run.dtype, run.teacher)  # fmt: skip
     run.step += 1
     return loss
-
-
-def set_weight_decay(optimizers: list, config: TrainConfig, scale: float, step: int) -> None:
-    """--wd-schedule: after warmup, the matrices' weight decay times 1 / scale (anti-phase: the
-    shrinking of a step, lr x wd, stays what it was at the peak) or rising to 4x as scale falls to
-    min_lr / lr (rising)."""
-    factor = 1.0
-    if step >= config.warmup_iters and config.wd_schedule == "anti-phase":
-        factor = 1 / max(scale, 1e-3)
-    elif step >= config.warmup_iters and config.wd_schedule == "rising":
-        factor = 1 + 3 * (1 - scale) / (1 - config.min_lr / config.lr)
-    for optimizer in optimizers:
-        for group in optimizer.param_groups:
-            if group["weight_decay"] > 0 or "base_weight_decay" in group:
-                group.setdefault("base_weight_decay", group["weight_decay"])
-                group["weight_decay"] = group["base_weight_decay"] * factor
-
-
-@torch.no_grad()
-def update_average(run: Run, decay: float) -> None:
-    """--ema: the exponential moving average of the weights, in float32."""
-    weights = {k: v.detach().float() for k, v in run.model.state_dict().items()}
-    if run.average is None:
-        run.average = {k: v.clone() for k, v in weights.items()}
-    for k, v in run.average.items():
-        v.lerp_(weights[k], 1 - decay)
 
 
 def train(run: Run, stop: threading.Event) -> str | None:
@@ -966,15 +930,6 @@ def final_score(run: Run, why: str) -> str:
     runlog.append_log(runlog.log_path(config.out), record | {"val_chars_scored": scored})
     print(f"exhaustive val loss {loss:.4f} ({loss / LN2:.3f} bits/char): the best model "
           f"on every one of {scored:,} val characters")  # fmt: skip
-    if run.average is not None:
-        model = copy.deepcopy(run.model)
-        model.load_state_dict(
-            {k: v.to(model.state_dict()[k].dtype) for k, v in run.average.items()}
-        )
-        averaged = exhaustive_val_loss(model, val, config.block_size, run.device, run.dtype)
-        print(
-            f"exhaustive val loss {averaged:.4f}: the average of the weights (--ema {config.ema:g})"
-        )
     return f"best val loss {run.best_val_loss:.4f} at iter {run.best_step} -> {config.out}"
 
 

@@ -531,21 +531,3 @@ def test_bf16_and_float32_training_steps_agree_to_bf16_rounding():
     assert 1.0 < losses[0] < 2.5  # a trained model on Shakespeare: the comparison means something
     assert abs(losses[1] - losses[0]) < 0.02 * losses[0]
     assert F.cosine_similarity(*gradients, dim=0) > 0.98
-
-
-def test_ema_scores_the_average_of_the_weights_beside_them(tmp_path, capsys):
-    train(tmp_path, "--max-iters", "4", "--eval-interval", "4", "--ema", "0.5")
-    assert "the average of the weights (--ema 0.5)" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("schedule, at_floor", [("anti-phase", 20.0), ("rising", 4.0)])
-def test_weight_decay_schedules_rise_as_the_learning_rate_falls(schedule, at_floor):
-    config = bigram.TrainConfig(wd_schedule=schedule, lr=2e-3, min_lr=1e-4, warmup_iters=10)
-    group = {"weight_decay": 0.1}
-    optimizer = type("Optimizer", (), {"param_groups": [group]})()
-    bigram.set_weight_decay([optimizer], config, 0.05, step=5)  # warmup: unchanged
-    assert group["weight_decay"] == 0.1
-    bigram.set_weight_decay([optimizer], config, 0.05, step=500)  # the floor, 1/20 of the peak
-    assert group["weight_decay"] == pytest.approx(0.1 * at_floor)
-    bigram.set_weight_decay([optimizer], config, 1.0, step=500)  # back at the peak
-    assert group["weight_decay"] == pytest.approx(0.1)
