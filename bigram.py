@@ -862,7 +862,7 @@ def scheduled_step(
     batches = torch.Generator().manual_seed(seed)
     micro = [get_batch(run.splits["train"], config, batches) for _ in range(config.grad_accum)]
     loss = train_on_batches(model, run.optimizers, scaler, micro, config.grad_clip, run.device,
-                      run.dtype, run.teacher)  # fmt: skip
+                            run.dtype, run.teacher)  # fmt: skip
     run.step += 1
     return loss
 
