@@ -183,9 +183,8 @@ def generate(args: argparse.Namespace) -> None:
     model, vocab, device = load_model(args)
     # Each sample keeps its own KV cache: together they may not fit where one does.
     for member in ensemble.members(model):
-        needed = member.memory_needed(member.config, args.num_samples, training=False)
-        machine.check_memory(needed, member.config, args.num_samples, device,
-                              advice="ask for fewer --num-samples")  # fmt: skip
+        machine.check_memory(type(member), member.config, args.num_samples, training=False,
+                             device=device, advice="ask for fewer --num-samples")  # fmt: skip
     prompt = read_prompt(args, vocab)
     try:
         prompt_ids = torch.from_numpy(encode(prompt, vocab).astype("int64"))

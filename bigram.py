@@ -360,15 +360,18 @@ class BigramLanguageModel(LanguageModel):
 
 
 MODEL_TYPES = {"gpt": GPTLanguageModel, "bigram": BigramLanguageModel}
+# A checkpoint's model type and GPTConfig, checked against its vocabulary (older ones upgraded).
+read_model_config = partial(checkpoint.model_config, config_class=GPTConfig,
+                            model_types=MODEL_TYPES)  # fmt: skip
 
 
 def model_from_checkpoint(
     saved: dict, device: torch.device | str = "cpu", path: str = "the checkpoint"
 ) -> nn.Module:
     """The model a checkpoint (checkpoint.load_checkpoint) holds, settings and weights checked."""
-    model_type, config = checkpoint.model_config(saved, path, GPTConfig, MODEL_TYPES)
-    needed = MODEL_TYPES[model_type].memory_needed(config, batch_size=1, training=False)
-    machine.check_memory(needed, config, batch_size=1, device=torch.device(device))
+    model_type, config = read_model_config(saved, path)
+    machine.check_memory(MODEL_TYPES[model_type], config, batch_size=1, training=False,
+                         device=torch.device(device))  # fmt: skip
     model = MODEL_TYPES[model_type](config)
     checkpoint.load_weights(model, saved["model"], path)
     return model.to(device)
@@ -763,8 +766,8 @@ def start_run(
     or a saved run's whole state (resume)."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     config = replace(config, vocab_size=len(data.vocab))
-    needed = MODEL_TYPES[config.model_type].memory_needed(config, config.batch_size, training=True)
-    machine.check_memory(needed, config, config.batch_size, device)
+    machine.check_memory(MODEL_TYPES[config.model_type], config, config.batch_size, training=True,
+                         device=device)  # fmt: skip
     model = MODEL_TYPES[config.model_type](GPTConfig(**model_settings(config))).to(device)
     train_data, val_data = corpus.split_corpus(data.tokens)
     dtype = machine.resolve_dtype(config.dtype, device)
@@ -951,10 +954,9 @@ def train_from_flags(
     (train_cli), on the shape and precision this machine trains best (train_cli.choose_for_machine)
     when the flags leave them open; then trained. Returns the summary line (rank 0)."""
     say = print if ddp.is_main else lambda *a, **k: None
-    read_model = partial(checkpoint.model_config, config_class=GPTConfig, model_types=MODEL_TYPES)
     with distributed.rank_zero_first(ddp):
         config, resumed, source = train_cli.prepare_settings(args, device, ddp, TrainConfig,
-                                                             read_model)  # fmt: skip
+                                                             read_model_config)  # fmt: skip
         data = train_cli.prepare_corpus(config, resumed or source, resumed is not None, say)
     candidates, choice = train_cli.machine_candidates(args, config, device, ddp), None
     if candidates:

@@ -7,8 +7,8 @@
   of loss against steps for each shape (shape_losses.json);
 - choose_fastest: the faster of two ways to run one step (generation's weights, Generation).
 
-It also holds what follows from the hardware without timing: the device, autocast, the memory a
-shape needs, and the heap's settings.
+It also holds what follows from the hardware without timing: the device, autocast, whether a
+model fits in memory, and the heap's settings.
 
 Each measurement is made once and kept in a small JSON file in the user's cache folder
 (cache_path), under a key naming the CPU, torch's version, the thread count, the kernel
@@ -39,7 +39,9 @@ from scratchgpt import files
 from scratchgpt.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-CODE_FILES = ("bigram.py", "scratchgpt/kernels.py", "scratchgpt/machine.py")  # what is timed
+# What is timed: the model and its step, its kernels and optimizers, and these measurements.
+CODE_FILES = ("bigram.py", "scratchgpt/kernels.py", "scratchgpt/optimizers.py",
+              "scratchgpt/machine.py")  # fmt: skip
 SHAPE_TABLE = Path(__file__).with_name("shape_losses.json")
 SAME_LENGTH = 1.15  # runs of the table within 15% of each other in steps are one point
 CACHE_MAX_BYTES = 1 << 20  # the cache holds a few figures: anything bigger is not ours
@@ -387,8 +389,8 @@ class Generation:
 
 
 def choose_generation(
-    model: nn.Module, device: torch.device, weights: str = "auto",
-    seconds_per_step: Callable[[nn.Module, int], float] | None = None, batch_size: int = 1,
+    model: nn.Module, device: torch.device, weights: str,
+    seconds_per_step: Callable[[nn.Module, int], float], batch_size: int = 1,
 ) -> tuple[nn.Module, Generation]:  # fmt: skip
     """The model with the weights this machine generates fastest with (generation_weights, timed
     by seconds_per_step on a CPU), and how it generates."""
@@ -466,11 +468,13 @@ def memory_available(device: torch.device) -> int | None:
 
 
 def check_memory(
-    needed: int, config, batch_size: int, device: torch.device,
+    model_class: type, config, batch_size: int, training: bool, device: torch.device,
     advice: str = "choose a smaller shape",
 ) -> None:  # fmt: skip
-    """Refuse, with the figures, a model of config that needs more bytes than the device has
-    (the model's memory_needed): allocating it would fail or hang."""
+    """Refuse, with the figures, a model of model_class and config that needs more bytes than the
+    device has (model_class.memory_needed, known before it is built): allocating it would fail
+    or hang."""
+    needed = model_class.memory_needed(config, batch_size, training)
     available = memory_available(device)
     if available is not None and needed > available:
         sequences = "one sequence" if batch_size == 1 else f"{batch_size:,} sequences at once"

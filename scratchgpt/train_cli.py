@@ -69,10 +69,9 @@ def parse_args(argv: list[str] | None, config_class: type) -> argparse.Namespace
     arch_help = "the switches below at once; default: the preset's (cpu: modern)"
     p.add_argument("--arch", choices=config_class.architectures, help=arch_help)
     add_flags(p, config_class)
-    model_types = next(f for f in fields(config_class) if f.name == "model_type").metadata[
-        "choices"
-    ]
-    p.add_argument("--model", dest="model_type", choices=model_types, help=argparse.SUPPRESS)
+    model_type = next(f for f in fields(config_class) if f.name == "model_type")
+    p.add_argument("--model", dest="model_type", choices=model_type.metadata["choices"],
+                   help=argparse.SUPPRESS)  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the run saved at --out")
     p.add_argument("--plot", nargs="+", type=Path, metavar="RUN.jsonl",
                    help="draw these training logs into one picture, then exit")  # fmt: skip
