@@ -26,18 +26,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bigram import generate_tokens, model_from_checkpoints
-from scratchgpt import chat, checkpoint, ensemble, files, machine, shipped
+from bigram import MODEL_TYPES, generate_tokens
+from scratchgpt import chat, checkpoint, files, machine, shipped
 from scratchgpt.cli import MAX_CHARS, UserError, check_seed, setup_console
 from scratchgpt.corpus import (
     DATASET_FILES,
-    decode,
     default_prompt,
     encode,
     normalize_newlines,
     read_text,
 )  # fmt: skip
-from scratchgpt.interactive import check_interactive, interactive
+from scratchgpt.interactive import interactive
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -91,6 +90,31 @@ def check_args(args: argparse.Namespace) -> None:
     if args.prompt is not None and args.prompt_file is not None:
         raise UserError("give --prompt or --prompt-file, not both")
     check_seed(args.seed)
+    if args.chat is not None or args.interactive:
+        check_line_by_line(args)
+
+
+def check_line_by_line(args: argparse.Namespace) -> None:
+    """--chat and --interactive read stdin and stream one text: flags that mean nothing there are
+    refused rather than ignored."""
+    talking = args.chat is not None
+    flags = {
+        "--interactive": talking and args.interactive,
+        "--num-samples": args.num_samples != 1,
+        "--prompt": args.prompt is not None,
+        "--prompt-file": args.prompt_file is not None,
+        "--output": not talking and args.output is not None,
+        "--no-stream": args.no_stream,
+    }
+    given = [flag for flag, present in flags.items() if present]
+    reads = "--chat reads your speeches" if talking else "--interactive reads its prompts"
+    if given:
+        streams = "" if talking else " and streams one sample to stdout"
+        raise UserError(
+            f"{reads} from the input{streams}: {', '.join(given)} cannot be used with it"
+        )
+    if sys.stdin is None:  # started with stdin closed
+        raise UserError(f"{reads} from stdin, which is closed")
 
 
 def checkpoints_to_load(args: argparse.Namespace) -> list[Path]:
@@ -98,26 +122,30 @@ def checkpoints_to_load(args: argparse.Namespace) -> list[Path]:
     if args.checkpoint:
         return args.checkpoint
     own = checkpoint.default_path(args.dataset)
-    if args.dataset == "shakespeare" and files.unreadable_reason(own) == "not found":
+    if args.dataset == "shakespeare" and not os.path.lexists(own):  # nothing there, not even a link
         return [shipped.MODEL_PATH]
     return [own]
 
 
-def check_output_file(args: argparse.Namespace) -> None:
-    """--output is written last: make sure now that it can be, and that it destroys nothing."""
-    output = args.output = files.user_path(args.output, "--output", output_example="sample.txt")
-    if not output.parent.is_dir():
-        raise UserError(f"--output: folder {output.parent} does not exist")
-    paths = checkpoints_to_load(args)
+def inputs_of(args: argparse.Namespace, paths: list[Path]) -> dict[str, Path]:
+    """What this command reads, which --output must not name: it is written last."""
     inputs = {"the checkpoint" if len(paths) == 1 else f"the checkpoint {p}": p for p in paths}
     if args.prompt_file is not None:
         inputs["the prompt file"] = args.prompt_file
-    files.check_output(output, "--output", inputs)
-    if output.exists() and not args.overwrite:
-        raise UserError(f"--output {output} exists: pass --overwrite to replace it")
+    return inputs
 
 
 def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
+    """--prompt, --prompt-file, or the default prompt, in characters the model knows."""
+    prompt = read_prompt_text(args) or default_prompt(vocab)
+    try:
+        encode(prompt, vocab)
+    except UserError as e:
+        raise UserError(f"prompt: {e}") from None
+    return prompt
+
+
+def read_prompt_text(args: argparse.Namespace) -> str | None:
     if args.prompt_file is not None:
         # As a corpus is read: no byte-order mark, Windows line ends as newlines, no UTF-16.
         text = read_text(args.prompt_file, "prompt file", max_bytes=4 * MAX_CHARS)
@@ -125,40 +153,37 @@ def read_prompt(args: argparse.Namespace, vocab: list[str]) -> str:
         if not prompt:
             raise UserError(f"prompt file {args.prompt_file} is empty")
         return prompt
-    if args.prompt:
-        return args.prompt
-    return default_prompt(vocab)
+    return args.prompt
 
 
-def load_model(args: argparse.Namespace) -> tuple[nn.Module, list[str], torch.device]:
-    """The checkpoint's model (several checkpoints: their ensemble), ready to sample on the
-    chosen device, and its vocabulary."""
-    device = machine.resolve_device(args.device)
-    paths = checkpoints_to_load(args)
-    for path in paths:
-        if files.unreadable_reason(path) == "not found":
-            train = f"python bigram.py --dataset {args.dataset}"
-            if args.checkpoint:
-                train += f" --out {path}"
-            raise UserError(f"checkpoint {path} not found; train one first with: {train}")
-    model, vocab = model_from_checkpoints(paths, device)
-    if not args.checkpoint:  # say which of the two defaults it is
+def load_model(args: argparse.Namespace, paths: list[Path]) -> tuple[nn.Module, list[str]]:
+    """The checkpoint's model (several checkpoints: their ensemble), on the chosen device, and
+    its vocabulary."""
+
+    def missing(path: Path) -> str:
+        train = f"python bigram.py --dataset {args.dataset}"
+        train += f" --out {path}" if args.checkpoint else ""
+        return f"checkpoint {path} not found; train one first with: {train}"
+
+    samples = args.num_samples  # each keeps its own KV cache: all must fit
+    return checkpoint.load_models(paths, MODEL_TYPES, args.device, missing, samples)
+
+
+def prepare_generation(
+    args: argparse.Namespace, model: nn.Module, paths: list[Path]
+) -> tuple[nn.Module, machine.Generation]:
+    """How this machine generates with the model (of paths), decided once, after all the input
+    has been checked: on a CPU choosing the weights (--weights) may time both. Everything that
+    writes is handed the answer. Said on stderr: which model writes, and how the weights were
+    chosen when they were timed."""
+    if not args.checkpoint:  # which of the two defaults it is
         whose = "shipped with ScratchGPT" if paths[0] == shipped.MODEL_PATH else "your own"
         print(f"model: {paths[0]} ({whose}; --checkpoint picks another)", file=sys.stderr)
     if len(paths) > 1:
         print(f"ensemble: {len(paths)} models, each character drawn from the mean of their "
               "probabilities", file=sys.stderr)  # fmt: skip
-    return model, vocab, device
-
-
-def prepare_generation(
-    args: argparse.Namespace, model: nn.Module, device: torch.device
-) -> tuple[nn.Module, machine.Generation]:
-    """How this machine generates with the model, decided once, after the input has been
-    checked: on a CPU choosing the weights (--weights) may time both, and says so in one line.
-    Everything that writes is handed the answer."""
     model, generation = machine.choose_generation(
-        model, device, args.weights, seconds_per_step, args.num_samples
+        model, args.weights, seconds_per_step, args.num_samples
     )
     if generation.line:
         print(generation.line, file=sys.stderr)
@@ -176,44 +201,46 @@ def seconds_per_step(model: nn.Module, batch_size: int) -> float:
     return (time.perf_counter() - start) / 16
 
 
-def generate(args: argparse.Namespace) -> None:
-    check_args(args)
-    if args.output is not None:
-        check_output_file(args)
-    model, vocab, device = load_model(args)
-    # Each sample keeps its own KV cache: together they may not fit where one does.
-    for member in ensemble.members(model):
-        machine.check_memory(type(member), member.config, args.num_samples, training=False,
-                             device=device, advice="ask for fewer --num-samples")  # fmt: skip
-    prompt = read_prompt(args, vocab)
-    try:
-        prompt_ids = torch.from_numpy(encode(prompt, vocab).astype("int64"))
-    except UserError as e:
-        raise UserError(f"prompt: {e}") from None
-    prompt_ids = prompt_ids.to(device).repeat(args.num_samples, 1)
-    model, generation = prepare_generation(args, model, device)
+def text_writer(
+    args: argparse.Namespace, model: nn.Module, vocab: list[str], generation: machine.Generation
+) -> chat.Writer:
+    """What the model writes after a text, with the sampling flags, from a generator seeded
+    with --seed: the same text with the same seed gets the same continuation."""
+    generator = torch.Generator(device=generation.device).manual_seed(args.seed)
 
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    def write(text: str, max_chars: int) -> Iterator[str]:
+        ids = torch.from_numpy(encode(text, vocab).astype("int64")).to(generation.device)
+        with generation.autocast():
+            for step in generate_tokens(
+                model, ids.repeat(args.num_samples, 1), max_chars, args.temperature, args.top_k,
+                args.top_p, use_kv_cache=not args.no_kv_cache, generator=generator,
+            ):  # fmt: skip
+                yield "".join(vocab[i] for i in step[:, 0].tolist())
+
+    return write
+
+
+def generate(
+    args: argparse.Namespace, model: nn.Module, vocab: list[str], paths: list[Path], prompt: str
+) -> str:
+    """python MODEL.py: --num-samples continuations of the prompt, streamed when there is one;
+    returns the text."""
+    model, generation = prepare_generation(args, model, paths)
     stream = args.num_samples == 1 and not args.no_stream
     if stream:
         print(prompt, end="", flush=True)
-    tokens = torch.empty((args.num_samples, args.num_tokens), dtype=torch.long, device=device)
-    with generation.autocast():
-        for i, step in enumerate(generate_tokens(
-            model, prompt_ids, args.num_tokens, args.temperature, args.top_k, args.top_p,
-            use_kv_cache=not args.no_kv_cache, generator=generator,
-        )):  # fmt: skip
-            tokens[:, i] = step[:, 0]
-            if stream:
-                print(vocab[step[0, 0].item()], end="", flush=True)
-    samples = [prompt + decode(row, vocab) for row in tokens.tolist()]
+    steps = []  # each step: the next character of every sample
+    for chars in text_writer(args, model, vocab, generation)(prompt, args.num_tokens):
+        steps.append(chars)
+        if stream:
+            print(chars, end="", flush=True)
+    samples = [prompt + "".join(s[i] for s in steps) for i in range(args.num_samples)]
     text = samples[0] if len(samples) == 1 else format_samples(samples)
     if stream:
         print()
     else:
         print(text)
-    if args.output is not None:
-        write_output(args.output, text, args.overwrite)
+    return text
 
 
 def write_output(path: Path, text: str, overwrite: bool) -> None:
@@ -232,60 +259,32 @@ def write_output(path: Path, text: str, overwrite: bool) -> None:
         raise UserError(f"cannot write {path}: {e.strerror}") from None
 
 
-def check_chat(args: argparse.Namespace) -> None:
-    """Flags that mean nothing in a conversation are refused rather than ignored."""
-    flags = {
-        "--interactive": args.interactive,
-        "--num-samples": args.num_samples != 1,
-        "--prompt": args.prompt is not None,
-        "--prompt-file": args.prompt_file is not None,
-        "--no-stream": args.no_stream,
-    }
-    given = [flag for flag, present in flags.items() if present]
-    if given:
-        raise UserError(f"--chat reads your speeches from the input: {', '.join(given)} cannot "
-                        "be used with it")  # fmt: skip
-    if sys.stdin is None:  # started with stdin closed
-        raise UserError("--chat reads your speeches from stdin, which is closed")
-
-
-def text_writer(
-    args: argparse.Namespace, model: nn.Module, vocab: list[str], generation: machine.Generation
-) -> chat.Writer:
-    """What the model writes after a text, with the sampling flags, from a generator seeded
-    with --seed: the same conversation with the same seed gets the same replies."""
-    generator = torch.Generator(device=generation.device).manual_seed(args.seed)
-
-    def write(text: str, max_chars: int) -> Iterator[str]:
-        ids = torch.from_numpy(encode(text, vocab).astype("int64")).to(generation.device)[None]
-        with generation.autocast():
-            for step in generate_tokens(
-                model, ids, max_chars, args.temperature, args.top_k, args.top_p,
-                use_kv_cache=not args.no_kv_cache, generator=generator,
-            ):  # fmt: skip
-                yield vocab[step.item()]
-
-    return write
-
-
-def converse(args: argparse.Namespace) -> None:
-    """python MODEL.py --chat NAME: the conversation, then its transcript (--output)."""
-    check_args(args)
-    check_chat(args)
-    if args.output is not None:
-        check_output_file(args)
-    model, vocab, device = load_model(args)
-    you, them = chat.speakers(args.chat, args.speak_as, vocab)
-    model, generation = prepare_generation(args, model, device)
+def converse(
+    args: argparse.Namespace, model: nn.Module, vocab: list[str], paths: list[Path],
+    you: str, them: str,
+) -> str:  # fmt: skip
+    """python MODEL.py --chat NAME: the conversation of you and them; returns its transcript."""
+    model, generation = prepare_generation(args, model, paths)
     conversation = chat.Conversation(you, them, model.config.block_size)
     terminal = sys.stdin.isatty()
-    session = chat.Chat(conversation, vocab, text_writer(args, model, vocab, generation),
-                        args.num_tokens, echo=not (terminal and sys.stdout.isatty()))  # fmt: skip
+    # Two writers, each with its own generator: the probe of the model's own text (chat.talk)
+    # leaves the replies as they would be without it.
+    write, probe = (text_writer(args, model, vocab, generation) for _ in range(2))
+    session = chat.Chat(conversation, vocab, write, args.num_tokens,
+                        echo=not (terminal and sys.stdout.isatty()))  # fmt: skip
     if isinstance(sys.stdin, io.TextIOWrapper):  # undecodable bytes are named, not a traceback
         sys.stdin.reconfigure(errors="surrogateescape")
-    chat.talk(session, text_writer(args, model, vocab, generation), terminal)
-    if args.output is not None:
-        write_output(args.output, conversation.transcript().removesuffix("\n"), args.overwrite)
+    chat.talk(session, probe, terminal)
+    return conversation.transcript().removesuffix("\n")
+
+
+def session(
+    args: argparse.Namespace, model: nn.Module, vocab: list[str], paths: list[Path]
+) -> None:
+    """python MODEL.py -i: prompts typed line by line, each continued (interactive.py)."""
+    model, generation = prepare_generation(args, model, paths)
+    names = ", ".join(str(path) for path in paths)
+    interactive(args, model, vocab, generation, names, generate_tokens)
 
 
 def format_samples(samples: list[str]) -> str:
@@ -295,17 +294,26 @@ def format_samples(samples: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_args(args)
+        paths = checkpoints_to_load(args)
+        inputs = inputs_of(args, paths)
+        model, vocab = load_model(args, paths)
+        output = None
+        if args.output is not None:  # written last: checked now
+            output = files.check_new_output(args.output, "--output", inputs, args.overwrite,
+                                            example="sample.txt")  # fmt: skip
+        # The chat's names and the prompt are checked before the machine's choice of how to
+        # generate (prepare_generation), which may take seconds.
+        if args.interactive:
+            session(args, model, vocab, paths)
+            return 0
         if args.chat is not None:
-            converse(args)
-        elif args.interactive:
-            check_args(args)
-            check_interactive(args)
-            model, vocab, device = load_model(args)
-            model, generation = prepare_generation(args, model, device)
-            names = ", ".join(str(path) for path in checkpoints_to_load(args))
-            interactive(args, model, vocab, generation, names, generate_tokens)
+            you, them = chat.speakers(args.chat, args.speak_as, vocab)
+            text = converse(args, model, vocab, paths, you, them)
         else:
-            generate(args)
+            text = generate(args, model, vocab, paths, read_prompt(args, vocab))
+        if output is not None:
+            write_output(output, text, args.overwrite)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,9 +39,9 @@ import torch.nn as nn
 
 import bigram
 import MODEL
-from scratchgpt import corpus, distributed, machine, train_cli
+from scratchgpt import corpus, dataloader, distributed, machine, train_cli
 from scratchgpt.cli import UserError, add_flags
-from scratchgpt.optimizers import make_optimizers
+from scratchgpt.optimizers import Muon, apply_gradients, make_optimizers, make_scaler
 from scratchgpt.original import ORIGINAL_PROGRAM, original_get_batch, original_model
 
 REPO = Path(__file__).resolve().parent
@@ -113,19 +112,6 @@ def training_throughput(step: Callable[[int], None], shape: dict, flops_per_toke
     return {"ms_per_step": 1000 * seconds, "tokens_per_s": tokens_per_s, "mfu": mfu}
 
 
-def newton_schulz_flops(optimizers: list) -> float:
-    """FLOPs of one Muon step's Newton-Schulz iterations: per (m, n) matrix with m <= n and per
-    iteration, X X^T (2 m^2 n), the Gram polynomial (2 m^3) and its product with X (2 m^2 n)."""
-    total = 0.0
-    for optimizer in optimizers:
-        if isinstance(optimizer, torch.optim.Muon):
-            for group in optimizer.param_groups:
-                for p in group["params"]:
-                    m, n = sorted(p.shape)
-                    total += group["ns_steps"] * (4 * m * m * n + 2 * m**3)
-    return total
-
-
 def step_in_parts(model, optimizers, scaler, batch, config, dtype) -> dict:
     """Seconds of one training step's parts: bigram.train_on_batches's own, for one micro-batch."""
     device = torch.device("cpu")
@@ -134,7 +120,7 @@ def step_in_parts(model, optimizers, scaler, batch, config, dtype) -> dict:
     times["forward"], start = time.perf_counter() - start, time.perf_counter()
     scaler.scale(loss).backward()
     times["backward"], start = time.perf_counter() - start, time.perf_counter()
-    bigram.apply_gradients(model, optimizers, scaler, config.grad_clip)
+    apply_gradients(model, optimizers, scaler, config.grad_clip)
     times["optimizer"] = time.perf_counter() - start
     return times
 
@@ -144,8 +130,9 @@ def time_parts(model, optimizers, scaler, batches, config, dtype, tokens: int) -
     thirds, the optimizer its Newton-Schulz iterations) and the GFLOP/s they make."""
     runs = [step_in_parts(model, optimizers, scaler, b, config, dtype) for b in batches]
     flops = model.flops_per_token() * tokens
+    muon = [o for o in optimizers if isinstance(o, Muon)]
     flops = {"forward": flops / 3, "backward": 2 * flops / 3,
-             "optimizer": newton_schulz_flops(optimizers)}  # fmt: skip
+             "optimizer": sum(o.flops_per_step() for o in muon)}  # fmt: skip
     parts = {}
     for name in ("forward", "backward", "optimizer"):
         seconds = float(np.median([run[name] for run in runs]))
@@ -190,14 +177,13 @@ def bench_train(shape: dict, dtype: torch.dtype, peaks: dict, steps: int, warmup
     torch.manual_seed(0)
     model = scratch_model(shape)
     optimizers = make_optimizers(model, config, device)
-    scaler = bigram.make_scaler(device, dtype)
-    batch = lambda i: bigram.get_batch(data, config, torch.Generator().manual_seed(i))
+    scaler = make_scaler(device, dtype)
+    batch = lambda i: dataloader.get_batch(data, config, torch.Generator().manual_seed(i))
 
     def step(i: int) -> None:
         torch.manual_seed(i)
-        bigram.train_on_batches(
-            model, optimizers, scaler, [batch(i)], config.grad_clip, device, dtype
-        )
+        bigram.train_on_batches(model, optimizers, scaler, [batch(i)], config.grad_clip, device,
+                                dtype)  # fmt: skip
 
     name = str(dtype).removeprefix("torch.")
     flops = model.flops_per_token()
@@ -254,10 +240,8 @@ def chars_per_second(
 def scratch_generator(model: nn.Module, use_kv_cache: bool):
     def generate(prompt: torch.Tensor, num_tokens: int) -> None:
         g = torch.Generator().manual_seed(0)
-        steps = bigram.generate_tokens(
-            model, prompt, num_tokens, use_kv_cache=use_kv_cache, generator=g
-        )
-        for _ in steps:
+        for _ in bigram.generate_tokens(model, prompt, num_tokens, use_kv_cache=use_kv_cache,
+                                        generator=g):  # fmt: skip
             pass
 
     return generate
@@ -299,7 +283,8 @@ def bench_generate(
 
 # -----------------------------------------------------------------------------
 # Corpus preparation, each run in a fresh interpreter. RUSAGE_CHILDREN reports the largest
-# child so far, so every measured program runs under its own small parent (MEASURE).
+# child so far, and a child keeps the peak memory of the process it was forked from (Linux keeps
+# it across exec), so every measured program runs under its own small parent (MEASURE).
 
 MEASURE = """
 import json, resource, subprocess, sys, time
@@ -338,14 +323,9 @@ def measure(program: str, *args: str) -> dict:
         lines = run["stderr"].strip().splitlines() or ["no output"]
         raise RuntimeError(f"exit {run['returncode']}: {lines[-1]}")
     report = json.loads(run["stdout"].strip().splitlines()[-1])
-    peak, baseline = rss_mb(run["peak_rss"]), rss_mb(report["baseline_rss"])
-    return {
-        "wall_s": run["wall_s"],
-        "work_s": report["work_s"],
-        "tokens": report["tokens"],
-        "peak_rss_mb": peak,
-        "baseline_rss_mb": baseline,
-    }
+    return {"wall_s": run["wall_s"], "work_s": report["work_s"], "tokens": report["tokens"],
+            "peak_rss_mb": rss_mb(run["peak_rss"]),
+            "baseline_rss_mb": rss_mb(report["baseline_rss"])}  # fmt: skip
 
 
 def write_synthetic_text(path: Path, size_mb: float) -> float:
@@ -426,16 +406,8 @@ def bench_choices(minutes: float, shape: dict) -> dict:
 
 
 def machine_summary() -> dict:
-    model_name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "cpu": model_name,
+        "cpu": machine.cpu_id(),  # the name, family, model and stepping, a hash of the flags
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -521,15 +493,11 @@ def table_rows(results: dict) -> list[Row]:
 
 def print_report(results: dict) -> None:
     m, s = results["machine"], results["config"]
-    print(
-        f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads, "
-        f"load average {m['load_average']:.2f} at the start"
-    )
-    print(
-        f"model: {s['n_layer']} layers, {s['n_head']} heads, {s['n_embd']} channels, context "
-        f"{s['block_size']}, batch {s['batch_size']}, dropout {s['dropout']} ({s['name']}, "
-        f"{s['arch']} architecture)\n"
-    )
+    print(f"\n{m['cpu']}, {m['cores']} cores, torch {m['torch']} on {m['torch_threads']} threads, "
+          f"load average {m['load_average']:.2f} at the start")  # fmt: skip
+    print(f"model: {s['n_layer']} layers, {s['n_head']} heads, {s['n_embd']} channels, context "
+          f"{s['block_size']}, batch {s['batch_size']}, dropout {s['dropout']} ({s['name']}, "
+          f"{s['arch']} architecture)\n")  # fmt: skip
     rows = table_rows(results)
     width = max(len(r[0]) for r in rows)
     value_width = max(len(r[1]) for r in rows)
@@ -552,17 +520,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     p.add_argument("--steps", type=int, default=5, help="timed training steps")
     p.add_argument("--corpus-mb", type=float, default=250, help="text size for load_reddit")
-    p.add_argument(
-        "--original-corpus-mb",
-        type=float,
-        default=25,
-        help="text size for the original one-liner (it needs far more memory)",
-    )
-    p.add_argument(
-        "--skip-original",
-        action="store_true",
-        help="leave out the original code's timings (a minute at the reference size)",
-    )
+    p.add_argument("--original-corpus-mb", type=float, default=25,
+                   help="text size for the original one-liner (far more memory a MB)")  # fmt: skip
+    p.add_argument("--skip-original", action="store_true",
+                   help="leave out the original code (a minute at the reference size)")  # fmt: skip
     p.add_argument("--minutes", type=float, default=10, help="choices: the training budget")
     p.add_argument("--tiny", action="store_true", help="tiny model and sizes: seconds, for tests")
     p.add_argument("--json", type=Path, help="write the results here")

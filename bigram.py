@@ -5,21 +5,20 @@
     python bigram.py --model-type bigram  # the bigram baseline this repository is named after
 
 The file reads top to bottom: the model (GPTConfig, attention, MLP, blocks, the GPT), generation
-(sampling with a KV cache), then training (the presets, batches, evaluation, the learning-rate
-schedule, one step, the loop) and the command that starts it (main). What is not the model or its
-training lives in scratchgpt/, in modules named for what they hold; none of them imports this
-file, which hands them what they need of it. Importing this file has no side effects.
+(sampling with a KV cache), then training (the presets, one step, the run and its loop) and the
+command that starts it (main). What is not the model or its training lives in scratchgpt/, in
+modules named for what they hold (the batches in dataloader.py, the losses in scoring.py, the
+schedule and the update in optimizers.py); none of them imports this file, which hands them what
+they need of it. Importing this file has no side effects.
 """
 
-import argparse
 import math
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -31,33 +30,28 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from scratchgpt import (
     checkpoint,
     corpus,
+    dataloader,
+    distillation,
     distributed,
-    ensemble,
     kernels,
     machine,
     reddit,
     runlog,
+    scoring,
     train_cli,
 )
-from scratchgpt.cli import UserError, setup_console
-from scratchgpt.files import unreadable_reason
+from scratchgpt.cli import setting, setup_console
 from scratchgpt.machine import autocast
-from scratchgpt.optimizers import make_optimizers, set_learning_rates
+from scratchgpt.optimizers import (
+    apply_gradients,
+    lr_scale,
+    make_optimizers,
+    make_scaler,
+    set_learning_rates,
+)
 
 # -----------------------------------------------------------------------------
 # The model
-
-
-def setting(
-    default: object, help: str, choices: tuple | None = None, shape: bool = False,
-    many: bool = False, switch: bool = False,
-):  # fmt: skip
-    """A config field with its --flag's help; shape: the setting is fixed once a model trains;
-    many: the flag takes one value or more (a tuple); switch: a piece of the recipe that
-    ARCHITECTURES sets, whose default is the 2019 model's (checkpoints written before the switch
-    existed load with it)."""
-    metadata = {"help": help, "choices": choices, "shape": shape, "many": many, "switch": switch}
-    return field(default=default, metadata=metadata)
 
 
 model_switch = partial(setting, shape=True, switch=True)  # a piece of the model's recipe
@@ -91,11 +85,10 @@ class GPTConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope and (self.n_embd // self.n_head) % 2:
             raise ValueError("rotary positions need an even head size (n_embd / n_head)")
-        for f in fields(GPTConfig):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                known = ", ".join(choices)
-                raise ValueError(f"{f.name} must be one of {known}, got {getattr(self, f.name)!r}")
+        for f in fields(self):  # a TrainConfig's settings too: each is one of its choices
+            value, choices = getattr(self, f.name), f.metadata.get("choices")
+            if choices and value not in choices and value != f.default:  # backend "": none
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
 
 
 def model_settings(config: GPTConfig) -> dict:
@@ -126,19 +119,15 @@ def make_norm(config: GPTConfig) -> nn.Module:
 
 def rotary(start: int, length: int, head_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin (length, head_size / 2) of the rotation angles of positions start, start + 1, ...
+    Attention turns each pair of channels (i, i + head_size / 2) of a query or key by its
+    position's angle (kernels.rotate). A query at p and a key at q then meet at an angle that
+    depends on p - q only: attention sees how far back a character is, not where it sits.
 
     Angles are computed in float64: positions past a million stay exact, so a rolling KV cache can
     run on for as long as generation does."""
     freqs = ROPE_BASE ** (-torch.arange(0, head_size, 2, dtype=torch.float64) / head_size)
     angles = torch.arange(start, start + length, dtype=torch.float64)[:, None] * freqs
     return angles.cos().float().to(device), angles.sin().float().to(device)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Turn each pair of channels (i, i + head_size / 2) of x (B, n_head, T, head_size) by its
-    position's angle. A query at p and a key at q then meet at an angle that depends on p - q
-    only: attention sees how far back a character is, not where it sits in the window."""
-    return kernels.rotate(x, cos, sin)
 
 
 class CausalSelfAttention(nn.Module):
@@ -157,17 +146,10 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = kernels.Dropout(config.dropout)
 
     def qkv_product(self, x: torch.Tensor) -> torch.Tensor:
-        """Queries, keys and values side by side, (B, T, 3 * C). Split matrices are joined for one
-        product: a (C, 3C) product runs near a CPU's matmul peak, three (C, C) ones at about half.
-        One token of one sample is a vector's product, which reads each weight once either way;
-        joining would copy the three matrices at every generated token."""
+        """Queries, keys and values side by side, (B, T, 3 * C)."""
         if not self.split_qkv:
             return self.qkv(x)
-        layers = (self.q, self.k, self.v)
-        if x.shape[:-1].numel() == 1:
-            return torch.cat([f(x) for f in layers], dim=-1)
-        bias = torch.cat([f.bias for f in layers]) if self.q.bias is not None else None
-        return F.linear(x, torch.cat([f.weight for f in layers]), bias)
+        return kernels.joined_linear(x, (self.q, self.k, self.v))  # three matrices, one product
 
     def forward(self, x, cache=None, start: int = 0, rope=None):
         B, T, C = x.shape
@@ -180,7 +162,7 @@ class CausalSelfAttention(nn.Module):
         if self.qk_norm:  # unit-RMS queries and keys: no logit can grow without bound
             q, k = kernels.rms_norm(q), kernels.rms_norm(k)
         if rope is not None:
-            q, k = rotate(q, *rope), rotate(k, *rope)
+            q, k = kernels.rotate(q, *rope), kernels.rotate(k, *rope)
         if cache is not None:
             # Store this step's keys/values, then attend over everything cached so far. Slots are
             # reused in a ring: past the window only rotary positions get here (see forward).
@@ -230,6 +212,7 @@ class LanguageModel(nn.Module):
     """What both models share: their config, their size, their cost, and generation's KV cache."""
 
     config: GPTConfig
+    config_class: ClassVar[type] = GPTConfig  # what a checkpoint's model settings build
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -359,38 +342,7 @@ class BigramLanguageModel(LanguageModel):
         return logits, loss
 
 
-MODEL_TYPES = {"gpt": GPTLanguageModel, "bigram": BigramLanguageModel}
-# A checkpoint's model type and GPTConfig, checked against its vocabulary (older ones upgraded).
-read_model_config = partial(checkpoint.model_config, config_class=GPTConfig,
-                            model_types=MODEL_TYPES)  # fmt: skip
-
-
-def model_from_checkpoint(
-    saved: dict, device: torch.device | str = "cpu", path: str = "the checkpoint"
-) -> nn.Module:
-    """The model a checkpoint (checkpoint.load_checkpoint) holds, settings and weights checked."""
-    model_type, config = read_model_config(saved, path)
-    machine.check_memory(MODEL_TYPES[model_type], config, batch_size=1, training=False,
-                         device=torch.device(device))  # fmt: skip
-    model = MODEL_TYPES[model_type](config)
-    checkpoint.load_weights(model, saved["model"], path)
-    return model.to(device)
-
-
-def model_from_checkpoints(paths: list, device: torch.device | str) -> tuple[nn.Module, list]:
-    """The model of one checkpoint, or several checkpoints' ensemble (scratchgpt/ensemble.py),
-    ready to predict, and the vocabulary they share."""
-    models, vocab = [], None
-    for path in paths:
-        saved = checkpoint.load_checkpoint(path, device)
-        if vocab is not None and saved["vocab"] != vocab:
-            raise UserError(
-                f"{path} and {paths[0]} know different characters: the models of an ensemble "
-                "must share a vocabulary (train them on the same text)"
-            )
-        models.append(model_from_checkpoint(saved, device, path).eval())
-        vocab = saved["vocab"]
-    return (models[0] if len(models) == 1 else ensemble.Ensemble(models)), vocab
+MODEL_TYPES = {"gpt": GPTLanguageModel, "bigram": BigramLanguageModel}  # a checkpoint's model_type
 
 
 # -----------------------------------------------------------------------------
@@ -444,10 +396,8 @@ def generate_tokens(
     so a full cache (block_size positions) is rebuilt from the most recent block_size // 2 tokens
     in one pass: the context slides in jumps of half a window, not a re-read per token.
     """
-    block_size = model.config.block_size
-    rolling = model.config.rope
-    context = prompt
-    cache = None
+    block_size, rolling = model.config.block_size, model.config.rope
+    context, cache = prompt, None
     for _ in range(num_tokens):
         if not use_kv_cache:
             logits, _ = model(context[:, -block_size:])
@@ -510,9 +460,8 @@ PRESETS = {
 class TrainConfig(GPTConfig):
     """A run's settings: the model's (GPTConfig), then how it trains. Each is a --flag."""
 
-    dataset: str = setting(
-        corpus.DEFAULT_DATASET, "default: shakespeare", tuple(corpus.DATASET_FILES)
-    )
+    dataset: str = setting(corpus.DEFAULT_DATASET, "default: shakespeare",
+                           tuple(corpus.DATASET_FILES))  # fmt: skip
     data: str = setting("", "corpus: a UTF-8 text file, or a .rar for reddit")
     out: str = setting("", "checkpoint path (default checkpoints/<dataset>.pt)")
     preset: str = setting("gpu", "default: gpu on CUDA, else by CPU class", tuple(PRESETS))
@@ -552,80 +501,17 @@ class TrainConfig(GPTConfig):
     # The named settings a run starts from (--preset, --arch); not settings themselves.
     presets: ClassVar[dict[str, dict]] = PRESETS
     architectures: ClassVar[dict[str, dict]] = ARCHITECTURES
+    model_types: ClassVar[dict[str, type]] = MODEL_TYPES  # what a checkpoint may hold
 
 
 # -----------------------------------------------------------------------------
-# Training: data, evaluation, schedule, optimizers, one step
-
-
-def get_batch(
-    data: np.ndarray, config: TrainConfig, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random windows of block_size + 1 tokens: inputs are the first block_size, targets the
-    last block_size (the same window shifted by one)."""
-    starts = torch.randint(len(data) - config.block_size, (config.batch_size,), generator=generator)
-    windows = starts.numpy()[:, None] + np.arange(config.block_size + 1)
-    batch = torch.from_numpy(data[windows].astype(np.int64))
-    return batch[:, :-1], batch[:, 1:]
+# Training: one step (its batches: scratchgpt/dataloader.py; its update: scratchgpt/optimizers.py)
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
     """Each step's randomness (batches, dropout masks) comes from (seed, rank, step) alone:
     a resumed run needs no saved RNG state to continue exactly, and each rank draws its own data."""
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
-
-
-@torch.no_grad()
-def estimate_loss(
-    model: nn.Module, splits: dict, config: TrainConfig, device: torch.device, dtype: torch.dtype
-) -> dict:
-    """Mean loss over eval_iters batches per split, the same batches each time so evals compare."""
-    model.eval()
-    losses = {}
-    for split, data in splits.items():
-        generator = torch.Generator().manual_seed(config.seed + 1)
-        total = 0.0
-        for _ in range(config.eval_iters):
-            x, y = get_batch(data, config, generator)
-            with autocast(device, dtype):
-                _, loss = model(x.to(device), y.to(device))
-            total += loss.item()
-        losses[split] = total / config.eval_iters
-    model.train()
-    return losses
-
-
-LN2 = math.log(2)  # nats per bit: a loss in nats over LN2 is bits per character
-EXHAUSTIVE_MAX_CHARS = 2_000_000  # a Reddit-sized split is scored on its first 2M characters
-
-
-@torch.no_grad()
-def exhaustive_val_loss(
-    model: nn.Module, data: np.ndarray, block_size: int, device: torch.device, dtype: torch.dtype
-) -> float:
-    """Every validation character scored once, in consecutive windows of block_size: the same
-    mean context as estimate_loss's random windows (each restarts its context), without their
-    sampling noise. The figure to compare runs by."""
-    data = data[: EXHAUSTIVE_MAX_CHARS + 1]
-    total, count, rows = 0.0, 0, 64
-    model.eval()
-    for start in range(0, len(data) - 1, rows * block_size):
-        chunk = torch.from_numpy(data[start : start + rows * block_size + 1].astype(np.int64))
-        x, y = chunk[:-1], chunk[1:]
-        full = len(x) // block_size * block_size
-        # Whole windows as one batch, then the split's last, shorter window on its own.
-        for xs, ys in ((x[:full].view(-1, block_size), y[:full].view(-1, block_size)),
-                       (x[full:][None], y[full:][None])):  # fmt: skip
-            if ys.numel() == 0:
-                continue
-            with autocast(device, dtype):
-                logits, _ = model(xs.to(device))
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), ys.to(device).flatten(), reduction="sum"
-            )
-            total, count = total + loss.item(), count + ys.numel()
-    model.train()
-    return total / count
 
 
 def run_progress(it: int, elapsed: float, config: TrainConfig) -> float:
@@ -635,44 +521,9 @@ def run_progress(it: int, elapsed: float, config: TrainConfig) -> float:
     return min(1.0, max(it / config.max_iters, by_time))
 
 
-def lr_scale(progress: float, step: int, config: TrainConfig) -> float:
-    """The share of each peak learning rate to use now: linear warmup, then down to
-    min_lr / lr as progress (0..1) goes to 1, along a cosine or, for "wsd", flat until the last
-    decay_share of the run and then in a straight line."""
-    if step < config.warmup_iters:
-        return (step + 1) / config.warmup_iters
-    floor, progress = config.min_lr / config.lr, min(progress, 1.0)
-    if config.schedule == "wsd":
-        remaining = (1 - progress) / config.decay_share  # 1 when the decay starts, 0 at the end
-        return floor + min(1.0, remaining) * (1 - floor)
-    return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
-
-
-@dataclass
-class Teacher:
-    """Distillation: the model learns a trained model's predictions (or an ensemble's) beside the
-    text's next characters. The teacher's whole distribution says which other characters were
-    nearly right, which the one character of the text does not."""
-
-    model: nn.Module
-    weight: float  # the teacher's share of the loss
-    temperature: float  # above 1, both distributions are flattened: near-misses count more
-
-    def mixed_loss(self, loss: torch.Tensor, logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """(1 - weight) x the text's loss + weight x T² x KL(teacher || model), both at temperature
-        T; T² keeps the gradients' size the same whatever T is (Hinton et al., 2015)."""
-        with torch.no_grad():
-            taught, _ = self.model(x)
-        t = self.temperature
-        ours = F.log_softmax(logits.float() / t, dim=-1).flatten(0, 1)
-        theirs = F.log_softmax(taught.float() / t, dim=-1).flatten(0, 1)
-        kl = F.kl_div(ours, theirs, log_target=True, reduction="batchmean")
-        return (1 - self.weight) * loss + self.weight * t * t * kl
-
-
 def micro_batch_loss(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device, dtype: torch.dtype,
-    teacher: Teacher | None = None,
+    teacher: distillation.Teacher | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """The forward pass of one micro-batch, under autocast: its mean loss, mixed with the
     teacher's when there is one."""
@@ -682,33 +533,10 @@ def micro_batch_loss(
         return loss if teacher is None else teacher.mixed_loss(loss, logits, x)
 
 
-def apply_gradients(
-    model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, grad_clip: float
-) -> None:
-    """The optimizers' step on the accumulated gradients, which are then cleared.
-
-    The GradScaler matters for float16 only (elsewhere it passes everything through): it scaled
-    the loss up so that small gradients did not round to zero, and here it skips a step that
-    overflowed.
-    """
-    for optimizer in optimizers:
-        scaler.unscale_(optimizer)  # clip the true gradients
-    overflow = False
-    if grad_clip > 0 or scaler.is_enabled():
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
-        # float16 overflowed somewhere: every optimizer skips the step, not only the one that saw it
-        overflow = scaler.is_enabled() and not torch.isfinite(norm).item()
-    if not overflow:
-        for optimizer in optimizers:
-            scaler.step(optimizer)
-    scaler.update()
-    for optimizer in optimizers:
-        optimizer.zero_grad(set_to_none=True)
-
-
 def train_on_batches(
     model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, micro_batches: list,
-    grad_clip: float, device: torch.device, dtype: torch.dtype, teacher: Teacher | None = None,
+    grad_clip: float, device: torch.device, dtype: torch.dtype,
+    teacher: distillation.Teacher | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """One optimizer step over grad-accum micro-batches; returns the last micro-batch's loss.
     Under DDP, gradients are averaged across processes once, on the last micro-batch only."""
@@ -720,10 +548,6 @@ def train_on_batches(
             scaler.scale(loss / len(micro_batches)).backward()  # the step follows their mean
     apply_gradients(model, optimizers, scaler, grad_clip)
     return loss
-
-
-def make_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
-    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
 
 # -----------------------------------------------------------------------------
@@ -750,7 +574,7 @@ class Run:
     bad_loss: float | None = None  # a NaN or infinite loss: training diverged
     progress: runlog.Progress | None = None  # the console's progress bar, while it trains
     picture: runlog.RunPicture | None = None  # the losses drawn beside the checkpoint
-    teacher: Teacher | None = None  # distillation's (--teacher)
+    teacher: distillation.Teacher | None = None  # distillation's (--teacher)
 
     @property
     def tokens_per_step(self) -> int:
@@ -766,9 +590,9 @@ def start_run(
     or a saved run's whole state (resume)."""
     torch.manual_seed(config.seed)  # the same initial weights on every rank
     config = replace(config, vocab_size=len(data.vocab))
-    machine.check_memory(MODEL_TYPES[config.model_type], config, config.batch_size, training=True,
-                         device=device)  # fmt: skip
-    model = MODEL_TYPES[config.model_type](GPTConfig(**model_settings(config))).to(device)
+    model_class = MODEL_TYPES[config.model_type]
+    machine.check_memory(model_class, config, config.batch_size, training=True, device=device)
+    model = model_class(GPTConfig(**model_settings(config))).to(device)
     train_data, val_data = corpus.split_corpus(data.tokens)
     dtype = machine.resolve_dtype(config.dtype, device)
     optimizers = make_optimizers(model, config, device)
@@ -780,41 +604,26 @@ def start_run(
         state = checkpoint.restore_training(resume, model, optimizers, config.out)
         run.step, run.best_val_loss, run.elapsed_before = state
         run.best_step, run.saved = run.step, True
-    run.teacher = load_teacher(config, data.vocab, device)
+    run.teacher = distillation.load_teacher(config, data.vocab, device, MODEL_TYPES)
     return run
-
-
-def load_teacher(config: TrainConfig, vocab: list[str], device: torch.device) -> Teacher | None:
-    """--teacher's checkpoints as one model (several: their ensemble), which must know the run's
-    characters by the same ids; None without --teacher."""
-    if not config.teacher:
-        return None
-    for path in config.teacher:
-        if unreadable_reason(Path(path)) == "not found":
-            raise UserError(f"--teacher: there is no checkpoint at {path}")
-    model, taught = model_from_checkpoints(config.teacher, device)
-    if taught != vocab:
-        raise UserError(
-            f"--teacher {' '.join(config.teacher)} knows other characters than {config.data} "
-            "has: a teacher must be trained on the same text"
-        )
-    model.requires_grad_(False)
-    return Teacher(model, config.distill_weight, config.distill_temperature)
 
 
 def evaluate(run: Run, elapsed: float) -> dict:
     """The losses on both splits now, as a log record; with the exhaustive val loss and a
     sample when asked, unless the model diverged."""
     c, model = run.config, run.model
-    losses = estimate_loss(model, run.splits, c, run.device, run.dtype)
-    record = {"iter": run.step, "train_loss": losses["train"], "val_loss": losses["val"]}
-    record |= {"val_bpc": losses["val"] / LN2, "lr": run.optimizers[0].param_groups[0]["lr"]}
-    record |= {"tokens_per_sec": run.progress.tokens_per_sec, "elapsed_s": elapsed}
-    if not math.isfinite(losses["val"]):
+    losses = scoring.estimate_loss(model, run.splits, c, run.device, run.dtype)
+    val = losses["val"]
+    record = {"iter": run.step, "train_loss": losses["train"], "val_loss": val,
+              "val_bpc": val / scoring.LN2, "lr": run.optimizers[0].param_groups[0]["lr"],
+              "tokens_per_sec": run.progress.tokens_per_sec, "elapsed_s": elapsed}  # fmt: skip
+    if not math.isfinite(val):
         return record
     if c.exhaustive_eval:
-        loss = exhaustive_val_loss(model, run.splits["val"], c.block_size, run.device, run.dtype)
-        record |= {"exhaustive_val_loss": loss, "exhaustive_val_bpc": loss / LN2}
+        loss = scoring.exhaustive_val_loss(
+            model, run.splits["val"], c.block_size, run.device, run.dtype
+        )
+        record |= {"exhaustive_val_loss": loss, "exhaustive_val_bpc": loss / scoring.LN2}
     if c.sample_chars:
         with autocast(run.device, run.dtype):
             record["sample"] = training_sample(model, run.data.vocab, c.sample_chars, c.seed,
@@ -822,32 +631,12 @@ def evaluate(run: Run, elapsed: float) -> dict:
     return record
 
 
-def save_if_best(run: Run, record: dict) -> None:
-    """Save the model if it is the best so far, then log the evaluation. The checkpoint comes
-    first: a kill between the two leaves a checkpoint that --resume continues (trimming the log
-    to it), never a log line that no checkpoint continues."""
-    log = runlog.log_path(run.config.out)
-    if record["val_loss"] < run.best_val_loss:  # never true for NaN: a diverged model is not saved
-        run.best_val_loss, run.best_step = record["val_loss"], run.step
-        state = checkpoint.training_state(
-            run.config.model_type, run.model, run.optimizers, run.data.vocab, asdict(run.config),
-            run.step, run.best_val_loss, record["elapsed_s"], run.data.identity,
-        )  # fmt: skip
-        checkpoint.save_checkpoint(state, run.config.out, replace=run.saved)
-        runlog.append_log(log, record, new=not run.saved)
-        run.saved = True
-    elif run.saved:
-        runlog.append_log(log, record)
-    if run.saved:
-        run.picture.draw([log])
-
-
 def evaluate_and_save(run: Run, elapsed: float) -> None:
     """Evaluate, print the figures and keep the model if it is the best so far; a loss that is
     not finite flags the run as diverged (it is logged, never saved)."""
     record = evaluate(run, elapsed)
     run.progress.write(runlog.evaluation_lines(record))
-    save_if_best(run, record)
+    runlog.save_if_best(run, record)
     if not math.isfinite(record["val_loss"]):
         run.bad_loss = record["val_loss"]
 
@@ -863,7 +652,8 @@ def scheduled_step(
     seed = step_seed(config.seed, run.ddp.rank, run.step)
     torch.manual_seed(seed)  # dropout masks
     batches = torch.Generator().manual_seed(seed)
-    micro = [get_batch(run.splits["train"], config, batches) for _ in range(config.grad_accum)]
+    split = run.splits["train"]
+    micro = [dataloader.get_batch(split, config, batches) for _ in range(config.grad_accum)]
     loss = train_on_batches(model, run.optimizers, scaler, micro, config.grad_clip, run.device,
                             run.dtype, run.teacher)  # fmt: skip
     run.step += 1
@@ -911,29 +701,7 @@ def train(run: Run, stop: threading.Event) -> str | None:
             evaluate_and_save(run, time.perf_counter() - start)
     del model  # DDP's reference cycles hold the process group: free them before leaving it
     distributed.leave_distributed(ddp)
-    return final_score(run, why) if ddp.is_main else None
-
-
-class TrainingStopped(Exception):
-    """Training ended without a model to show for it: raised with the run, which diverged
-    (run.bad_loss), and why it stopped, if before its first evaluation."""
-
-
-def final_score(run: Run, why: str) -> str:
-    """The best model's loss on every validation character, logged (the figure to compare runs
-    by), and the summary line."""
-    if run.bad_loss is not None or not math.isfinite(run.best_val_loss):
-        raise TrainingStopped(run, why)
-    config, val = run.config, run.splits["val"]
-    if run.best_step != run.step:  # the weights in memory moved on since the best evaluation
-        run.model.load_state_dict(checkpoint.load_checkpoint(config.out, run.device)["model"])
-    loss = exhaustive_val_loss(run.model, val, config.block_size, run.device, run.dtype)
-    scored = min(len(val) - 1, EXHAUSTIVE_MAX_CHARS)
-    record = {"iter": run.best_step, "exhaustive_val_loss": loss, "exhaustive_val_bpc": loss / LN2}
-    runlog.append_log(runlog.log_path(config.out), record | {"val_chars_scored": scored})
-    print(f"exhaustive val loss {loss:.4f} ({loss / LN2:.3f} bits/char): the best model "
-          f"on every one of {scored:,} val characters")  # fmt: skip
-    return f"best val loss {run.best_val_loss:.4f} at iter {run.best_step} -> {config.out}"
+    return runlog.final_score(run, why) if ddp.is_main else None
 
 
 # -----------------------------------------------------------------------------
@@ -942,37 +710,10 @@ def final_score(run: Run, why: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """python bigram.py: the command line (scratchgpt/train_cli.py) reads the flags as
-    TrainConfig's, then calls train_from_flags. It is handed what it needs of this file rather
-    than importing it, so that the plumbing never depends on the model file."""
-    return train_cli.main(argv, TrainConfig, train_from_flags)
-
-
-def train_from_flags(
-    args: argparse.Namespace, ddp: distributed.Distributed, device: torch.device
-) -> str | None:
-    """The run the flags ask for, its settings, checkpoints, corpus and files checked first
-    (train_cli), on the shape and precision this machine trains best (train_cli.choose_for_machine)
-    when the flags leave them open; then trained. Returns the summary line (rank 0)."""
-    say = print if ddp.is_main else lambda *a, **k: None
-    with distributed.rank_zero_first(ddp):
-        config, resumed, source = train_cli.prepare_settings(args, device, ddp, TrainConfig,
-                                                             read_model_config)  # fmt: skip
-        data = train_cli.prepare_corpus(config, resumed or source, resumed is not None, say)
-    candidates, choice = train_cli.machine_candidates(args, config, device, ddp), None
-    if candidates:
-        config, choice = train_cli.choose_for_machine(candidates, data, device, step_timer)
-    run = start_run(config, data, device, ddp, resume=resumed, init_from=source)
-    if ddp.is_main and resumed is not None:
-        runlog.trim_log(runlog.log_path(config.out), run.step)
-    if choice is not None:
-        run.elapsed_before = choice.measured_for  # the budget includes the measurement
-    preset_picked = not args.resume and not args.preset
-    say(train_cli.describe(run, choice.line() if choice else None, preset_picked))
-    with train_cli.stop_requests() as stop:
-        try:
-            return train(run, stop)
-        except TrainingStopped as e:
-            raise UserError(train_cli.stopped_early(*e.args)) from None
+    TrainConfig's and checks them, the corpus and the files; it builds the run with start_run and
+    trains it with train, after timing step_timer's steps to pick a CPU's preset. It is handed
+    them rather than importing this file: the plumbing never depends on the model file."""
+    return train_cli.main(argv, TrainConfig, start_run, train, step_timer)
 
 
 def step_timer(config: TrainConfig, data: corpus.Corpus, device: torch.device) -> Callable:

@@ -16,13 +16,14 @@ written, so every checkpoint ever written loads, generates and resumes.
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from scratchgpt import files
+from scratchgpt import ensemble, files, machine
 from scratchgpt.cli import UserError
 
 # The repository's checkpoint folder, wherever the scripts are run from.
@@ -80,13 +81,17 @@ def save_checkpoint(state: dict, path: Path | str, replace: bool = True) -> None
         raise UserError(f"cannot save checkpoint {path}: {e.strerror or e}; {kept}") from None
 
 
-def load_checkpoint(path: Path | str, device: torch.device | str = "cpu") -> dict:
+def load_checkpoint(
+    path: Path | str, device: torch.device | str = "cpu",
+    missing: Callable[[Path], str] | None = None,
+) -> dict:  # fmt: skip
     """A checkpoint, loaded safely (weights_only=True refuses pickled code instead of running it)
-    and upgraded to the current format."""
+    and upgraded to the current format. missing(path) is the error when there is no file."""
     path = Path(path)
     reason = files.unreadable_reason(path)
     if reason == "not found":
-        raise UserError(f"checkpoint {path} not found; train one first with: python bigram.py")
+        raise UserError(missing(path) if missing else f"checkpoint {path} not found; train one "
+                        "first with: python bigram.py")  # fmt: skip
     if reason is not None:
         raise UserError(f"checkpoint {path} {reason}")
     try:
@@ -123,7 +128,7 @@ def upgrade(saved: dict) -> dict:
 
 def with_switch_defaults(settings: dict, config_class: type) -> dict:
     """settings, with each switch of config_class they lack at its default. A switch defaults to
-    the model and training of 2019 (bigram.setting), so a checkpoint written before it existed
+    the model and training of 2019 (cli.setting), so a checkpoint written before it existed
     holds that: a classic model with AdamW and a cosine schedule, a modern one without split_qkv
     one qkv matrix, one without residual_scalars none."""
     switches = {f.name: f.default for f in fields(config_class) if f.metadata.get("switch")}
@@ -158,20 +163,20 @@ def first_line(error: Exception) -> str:
     return text.splitlines()[0][:200] if text else type(error).__name__
 
 
-def model_config(
-    saved: dict, path: Path | str, config_class: type, model_types: dict
-) -> tuple[str, object]:
-    """The model type and config (a config_class) a checkpoint declares, checked against its
-    vocabulary before anything is built; the switches an older one lacks are filled in
-    (with_switch_defaults)."""
+def model_config(saved: dict, path: Path | str, model_types: dict) -> tuple[str, object]:
+    """The model type (a key of model_types) and config (its class's config_class) a checkpoint
+    declares, checked against its vocabulary before anything is built; the switches an older one
+    lacks are filled in (with_switch_defaults)."""
     if not isinstance(saved["model_args"], dict):
         raise UserError(f"{path}: its model settings are not a dictionary")
-    saved["model_args"] = with_switch_defaults(saved["model_args"], config_class)
     args = dict(saved["model_args"])
     model_type = args.pop("model_type", None)
     if model_type not in model_types:
         known = ", ".join(model_types)
         raise UserError(f"{path}: unknown model type {model_type!r} (known: {known})")
+    config_class = model_types[model_type].config_class
+    args = with_switch_defaults(args, config_class)
+    saved["model_args"] = args | {"model_type": model_type}
     check_fields(args, config_class, f"{path}'s model settings")
     if "vocab_size" not in args:
         raise UserError(f"{path}'s model settings: vocab_size is missing")
@@ -188,6 +193,44 @@ def model_config(
             f"but the model expects {config.vocab_size}"
         )
     return model_type, config
+
+
+def model_from_checkpoint(
+    saved: dict, model_types: dict, device: torch.device | str = "cpu",
+    path: Path | str = "the checkpoint", batch_size: int = 1,
+) -> nn.Module:  # fmt: skip
+    """The model a checkpoint (load_checkpoint) holds, of one of model_types (bigram.MODEL_TYPES),
+    its settings and weights checked, on device (a name --device takes: "auto" is the best here),
+    where it is known first to fit with batch_size sequences' KV caches."""
+    model_type, config = model_config(saved, path, model_types)
+    model_class = model_types[model_type]
+    device = machine.resolve_device(device)
+    advice = "ask for fewer --num-samples" if batch_size > 1 else "choose a smaller shape"
+    machine.check_memory(model_class, config, batch_size, training=False, device=device,
+                         advice=advice)  # fmt: skip
+    model = model_class(config)
+    load_weights(model, saved["model"], path)
+    return model.to(device)
+
+
+def load_models(
+    paths: list[Path], model_types: dict, device: torch.device | str,
+    missing: Callable[[Path], str] | None = None, batch_size: int = 1,
+) -> tuple[nn.Module, list[str]]:  # fmt: skip
+    """The model of one checkpoint, or several checkpoints' ensemble (ensemble.py), ready to
+    predict batch_size sequences at once on device (model_from_checkpoint), and the vocabulary
+    they share; missing(path) says what to do about one not found."""
+    models, vocab = [], None
+    for path in paths:
+        saved = load_checkpoint(path, "cpu", missing)  # the weights go to the device with the model
+        if vocab is not None and saved["vocab"] != vocab:
+            raise UserError(
+                f"{path} and {paths[0]} know different characters: the models of an ensemble "
+                "must share a vocabulary (train them on the same text)"
+            )
+        models.append(model_from_checkpoint(saved, model_types, device, path, batch_size).eval())
+        vocab = saved["vocab"]
+    return (models[0] if len(models) == 1 else ensemble.Ensemble(models)), vocab
 
 
 def load_weights(

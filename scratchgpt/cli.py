@@ -1,7 +1,7 @@
 """What the commands share on the command line: the error a user can mend (UserError, shown as
 one line), a console that does not stop the work (setup_console), flags made from a config's
-fields, the range of a seed, how much text one generation command may write, and reading a line
-typed or piped."""
+fields (each declared by setting), the range of a seed, how much text one generation command may
+write, and reading a line typed or piped."""
 
 import argparse
 import dataclasses
@@ -39,6 +39,18 @@ def flag(name: str) -> str:
 def typed_flag(name: str, value: object) -> str:
     """The flag as it was typed for value: --no-rope for a switch turned off."""
     return flag(f"no_{name}") if value is False else flag(name)
+
+
+def setting(
+    default: object, help: str, choices: tuple | None = None, shape: bool = False,
+    many: bool = False, switch: bool = False,
+) -> dataclasses.Field:  # fmt: skip
+    """A config field with its --flag's help; shape: the setting is fixed once a model trains;
+    many: the flag takes one value or more (a tuple); switch: a piece of the recipe that the
+    architectures set, whose default is the 2019 model's (checkpoints written before the switch
+    existed load with it)."""
+    metadata = {"help": help, "choices": choices, "shape": shape, "many": many, "switch": switch}
+    return dataclasses.field(default=default, metadata=metadata)
 
 
 def flag_fields(config_class) -> list[dataclasses.Field]:

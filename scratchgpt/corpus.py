@@ -3,7 +3,8 @@
 A corpus is a 1-D numpy array of token ids plus its vocabulary (the list of characters, sorted).
 Ids fit in uint8 when the vocabulary has at most 256 characters, uint16 otherwise: a byte or two
 a character, where a Python list of ints costs dozens. Reddit archives are read by reddit.py into
-the same Corpus.
+the same Corpus, and training splits it (split_corpus). Neither module imports torch: preparing
+a corpus takes the memory of its text, not of a deep-learning library's too (bench.py measures it).
 """
 
 import codecs

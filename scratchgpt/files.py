@@ -192,6 +192,21 @@ def check_output(path: Path, what: str, inputs: dict[str, Path]) -> None:
     check_writable(path, what)
 
 
+def check_new_output(
+    text: str, what: str, inputs: dict[str, Path], overwrite: bool, example: str
+) -> Path:
+    """A file a command writes when it is done, named by the user (text), checked before the work
+    starts: its folder exists (none is made), it is none of the inputs, it can be written, and it
+    is new unless overwrite. example: a file name to suggest for a path naming a folder."""
+    path = user_path(text, what, output_example=example)
+    if not path.parent.is_dir():
+        raise UserError(f"{what}: folder {path.parent} does not exist")
+    check_output(path, what, inputs)
+    if path.exists() and not overwrite:
+        raise UserError(f"{what} {path} exists: pass --overwrite to replace it")
+    return path
+
+
 def check_not_input(path: Path, what: str, inputs: dict[str, Path]) -> None:
     for description, source in inputs.items():
         if same_file(path, source):

@@ -106,25 +106,6 @@ def describe(s: Session) -> str:
     )
 
 
-def check_interactive(args: argparse.Namespace) -> None:
-    """Flags that mean nothing in a session are refused rather than ignored."""
-    flags = {
-        "--num-samples": args.num_samples != 1,
-        "--prompt": args.prompt is not None,
-        "--prompt-file": args.prompt_file is not None,
-        "--output": args.output is not None,
-        "--no-stream": args.no_stream,
-    }
-    given = [flag for flag, present in flags.items() if present]
-    if given:
-        raise UserError(
-            f"--interactive reads its prompts from the input and streams one sample to stdout: "
-            f"{', '.join(given)} cannot be used with it"
-        )
-    if sys.stdin is None:  # started with stdin closed
-        raise UserError("--interactive reads its prompts from stdin, which is closed")
-
-
 def run_command(session: Session, line: str) -> bool:
     """Carry out a :command line; False when it asks to leave."""
     name, _, value = line[1:].strip().partition(" ")

@@ -8,8 +8,9 @@ for them on a GPU, not on a CPU, where these passes were a fifth of a training s
 (docs/performance.md). Written out by hand, each takes a few passes. The results are the same
 as PyTorch's composition to rounding (tests/test_kernels.py checks them with gradcheck).
 
-Two more keep PyTorch's kernels but not its CPU choices: attention runs in float32 (its float32
-kernel beats its bf16 one), and Dropout draws its random mask four elements to a random word.
+Three more keep PyTorch's kernels but not its CPU choices: attention runs in float32 (its float32
+kernel beats its bf16 one), Dropout draws its random mask four elements to a random word, and
+separate matrices that read the same input run as one product (joined_linear).
 """
 
 from contextlib import nullcontext
@@ -126,6 +127,17 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """turn(x, cos, sin), with its gradient when x needs one."""
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return _Rotate.apply(x, cos, sin) if taking_gradient(x) else turn(x, cos, sin)
+
+
+def joined_linear(x: torch.Tensor, layers: tuple[nn.Linear, ...]) -> torch.Tensor:
+    """The outputs of layers side by side, as one product: a (C, 3C) product runs near a CPU's
+    matmul peak, three (C, C) ones at about half. One token of one sample is a vector's product,
+    which reads each weight once either way: there, joining would copy the matrices at every
+    generated token, so each layer runs on its own."""
+    if x.shape[:-1].numel() == 1:
+        return torch.cat([layer(x) for layer in layers], dim=-1)
+    bias = torch.cat([layer.bias for layer in layers]) if layers[0].bias is not None else None
+    return F.linear(x, torch.cat([layer.weight for layer in layers]), bias)
 
 
 def scaled_dot_product_attention(

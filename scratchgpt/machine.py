@@ -39,9 +39,9 @@ from scratchgpt import files
 from scratchgpt.cli import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-# What is timed: the model and its step, its kernels and optimizers, and these measurements.
+# What is timed: the model and its step (kernels, optimizers, batches), and these measurements.
 CODE_FILES = ("bigram.py", "scratchgpt/kernels.py", "scratchgpt/optimizers.py",
-              "scratchgpt/machine.py")  # fmt: skip
+              "scratchgpt/dataloader.py", "scratchgpt/machine.py")  # fmt: skip
 SHAPE_TABLE = Path(__file__).with_name("shape_losses.json")
 SAME_LENGTH = 1.15  # runs of the table within 15% of each other in steps are one point
 CACHE_MAX_BYTES = 1 << 20  # the cache holds a few figures: anything bigger is not ours
@@ -176,8 +176,11 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and bf16_is_native()
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA if present, else Apple MPS, else CPU; an unavailable choice is an error."""
+def resolve_device(name: str | torch.device) -> torch.device:
+    """'auto' is CUDA if present, else Apple MPS, else CPU; an unavailable choice is an error.
+    A torch.device is one already resolved."""
+    if isinstance(name, torch.device):
+        return name
     mps_available = torch.backends.mps.is_available()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if mps_available else "cpu"
@@ -389,11 +392,12 @@ class Generation:
 
 
 def choose_generation(
-    model: nn.Module, device: torch.device, weights: str,
-    seconds_per_step: Callable[[nn.Module, int], float], batch_size: int = 1,
+    model: nn.Module, weights: str, seconds_per_step: Callable[[nn.Module, int], float],
+    batch_size: int = 1,
 ) -> tuple[nn.Module, Generation]:  # fmt: skip
     """The model with the weights this machine generates fastest with (generation_weights, timed
-    by seconds_per_step on a CPU), and how it generates."""
+    by seconds_per_step on a CPU), and how it generates, on the device the model is on."""
+    device = next(model.parameters()).device
     if device.type != "cpu":
         return model, Generation(device, resolve_dtype("auto", device))
     model, line = generation_weights(model, weights, seconds_per_step, batch_size)

@@ -1,5 +1,6 @@
-"""The optimizers: AdamW, and Muon for the blocks' matrices (make_optimizers), and their
-learning rates at each step (set_learning_rates, given the schedule's share of the peak).
+"""The optimizers: AdamW, and Muon for the blocks' matrices (make_optimizers), their learning
+rates at each step (lr_scale: the schedule's share of the peak; set_learning_rates), and their step
+on the accumulated gradients (apply_gradients: clipped, and skipped when float16 overflowed).
 
 Muon orthogonalises each update (every direction of a matrix moves by the same amount) with a
 Newton-Schulz iteration. Its precision follows the machine: bf16, as torch's Muon has it, where
@@ -50,6 +51,16 @@ class Muon(torch.optim.Muon):
             raise ValueError("Muon here implements torch's default adjust_lr_fn only")
         super().__init__(params, **settings)
         self.ns_dtype = ns_dtype
+
+    def flops_per_step(self) -> int:
+        """FLOPs of one step's Newton-Schulz iterations: per (m, n) matrix with m <= n and per
+        iteration, X X^T (2 m^2 n), the Gram polynomial (2 m^3) and its product with X (2 m^2 n)."""
+        total = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                m, n = sorted(p.shape)
+                total += group["ns_steps"] * (4 * m * m * n + 2 * m**3)
+        return total
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -122,3 +133,44 @@ def set_learning_rates(optimizers: list, config, scale: float) -> None:
         peak = config.muon_lr if isinstance(optimizer, torch.optim.Muon) else config.lr
         for group in optimizer.param_groups:
             group["lr"] = peak * scale
+
+
+def lr_scale(progress: float, step: int, config) -> float:
+    """The share of each peak learning rate to use now: linear warmup, then down to
+    min_lr / lr as progress (0..1) goes to 1, along a cosine or, for "wsd", flat until the last
+    decay_share of the run and then in a straight line."""
+    if step < config.warmup_iters:
+        return (step + 1) / config.warmup_iters
+    floor, progress = config.min_lr / config.lr, min(progress, 1.0)
+    if config.schedule == "wsd":
+        remaining = (1 - progress) / config.decay_share  # 1 when the decay starts, 0 at the end
+        return floor + min(1.0, remaining) * (1 - floor)
+    return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (1 - floor)
+
+
+def apply_gradients(
+    model: nn.Module, optimizers: list, scaler: torch.amp.GradScaler, grad_clip: float
+) -> None:
+    """The optimizers' step on the accumulated gradients, which are then cleared.
+
+    The GradScaler matters for float16 only (elsewhere it passes everything through): it scaled
+    the loss up so that small gradients did not round to zero, and here it skips a step that
+    overflowed.
+    """
+    for optimizer in optimizers:
+        scaler.unscale_(optimizer)  # clip the true gradients
+    overflow = False
+    if grad_clip > 0 or scaler.is_enabled():
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or math.inf)
+        # float16 overflowed somewhere: every optimizer skips the step, not only the one that saw it
+        overflow = scaler.is_enabled() and not torch.isfinite(norm).item()
+    if not overflow:
+        for optimizer in optimizers:
+            scaler.step(optimizer)
+    scaler.update()
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+
+
+def make_scaler(device: torch.device, dtype: torch.dtype) -> torch.amp.GradScaler:
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)

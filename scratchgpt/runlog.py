@@ -1,6 +1,7 @@
 """The record of a training run: its log (run.pt.jsonl: one JSON line per evaluation, one for
 the final score), written and read; its picture (run.pt.png), drawn with matplotlib when it is
-installed; and what the console shows of it (the progress bar, each evaluation's lines).
+installed; what the console shows of it (the progress bar, each evaluation's lines); and what
+it keeps: the best model at each evaluation (save_if_best), the final score at its end.
 
     python bigram.py --plot checkpoints/a.pt.jsonl checkpoints/b.pt.jsonl   # compare two runs
 
@@ -10,13 +11,17 @@ every evaluation. matplotlib is optional: `pip install matplotlib`.
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
+from scratchgpt import checkpoint
 from scratchgpt.files import (
     UserError,
     atomic_file,
@@ -24,6 +29,7 @@ from scratchgpt.files import (
     check_size,
     unreadable_reason,
 )
+from scratchgpt.scoring import EXHAUSTIVE_MAX_CHARS, LN2, exhaustive_val_loss
 
 PLOTTED = ("iter", "train_loss", "val_loss", "elapsed_s")
 MAX_LOGGED = 1e15  # beyond any step, loss or second a run logs; a picture's axis takes it
@@ -292,3 +298,49 @@ class Progress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+# -----------------------------------------------------------------------------
+# What a run keeps: the best model at each evaluation, and the final score
+
+
+def save_if_best(run: Any, record: dict) -> None:
+    """Save the model of run (a bigram.Run) if it is the best so far, then log the evaluation.
+    The checkpoint comes first: a kill between the two leaves a checkpoint that --resume
+    continues (trimming the log to it), never a log line that no checkpoint continues."""
+    log = log_path(run.config.out)
+    if record["val_loss"] < run.best_val_loss:  # never true for NaN: a diverged model is not saved
+        run.best_val_loss, run.best_step = record["val_loss"], run.step
+        state = checkpoint.training_state(
+            run.config.model_type, run.model, run.optimizers, run.data.vocab, asdict(run.config),
+            run.step, run.best_val_loss, record["elapsed_s"], run.data.identity,
+        )  # fmt: skip
+        checkpoint.save_checkpoint(state, run.config.out, replace=run.saved)
+        append_log(log, record, new=not run.saved)
+        run.saved = True
+    elif run.saved:
+        append_log(log, record)
+    if run.saved:
+        run.picture.draw([log])
+
+
+class TrainingStopped(Exception):
+    """Training ended without a model to show for it: raised with the run, which diverged
+    (run.bad_loss), and why it stopped, if before its first evaluation."""
+
+
+def final_score(run: Any, why: str) -> str:
+    """The best model's loss on every validation character, logged (the figure to compare runs
+    by), and the summary line."""
+    if run.bad_loss is not None or not math.isfinite(run.best_val_loss):
+        raise TrainingStopped(run, why)
+    config, val = run.config, run.splits["val"]
+    if run.best_step != run.step:  # the weights in memory moved on since the best evaluation
+        run.model.load_state_dict(checkpoint.load_checkpoint(config.out, run.device)["model"])
+    loss = exhaustive_val_loss(run.model, val, config.block_size, run.device, run.dtype)
+    scored = min(len(val) - 1, EXHAUSTIVE_MAX_CHARS)
+    record = {"iter": run.best_step, "exhaustive_val_loss": loss, "exhaustive_val_bpc": loss / LN2}
+    append_log(log_path(config.out), record | {"val_chars_scored": scored})
+    print(f"exhaustive val loss {loss:.4f} ({loss / LN2:.3f} bits/char): the best model "
+          f"on every one of {scored:,} val characters")  # fmt: skip
+    return f"best val loss {run.best_val_loss:.4f} at iter {run.best_step} -> {config.out}"

@@ -3,11 +3,11 @@ continues (--resume) or starts from (--init-from), and the files it writes, all 
 training starts; the preset this machine trains best in its time budget; Ctrl-C turned into a
 request to stop.
 
-bigram.main() drives the command and hands this module what it needs of the model file: the
-config class (TrainConfig, which carries the presets and architectures), the reader of a
-checkpoint's model settings, a training step to time, and the training itself. This module never
-imports bigram.py: the plumbing depends on the model, not the other way round, and
-`python bigram.py` loads the file once."""
+bigram.main() hands this module what it needs of the model file (a Trainer): the config class
+(TrainConfig, which carries the presets, the architectures and the model types a checkpoint may
+hold), how a run starts and trains, and a training step to time. This module never imports
+bigram.py: the plumbing depends on the model, not the other way round, and `python bigram.py`
+loads the file once."""
 
 import argparse
 import hashlib
@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def make_config(
 def new_config(settings: dict, config_class: type) -> Config:
     try:
         return config_class(**settings)
-    except ValueError as e:  # GPTConfig's checks of the model's shape
+    except ValueError as e:  # GPTConfig's checks: the model's shape, every setting's choices
         raise UserError(str(e)) from None
 
 
@@ -163,10 +163,6 @@ def validate(config: Config) -> None:
         raise UserError("--decay-share must be in (0, 1]")
     if config.distill_weight > 1 or config.distill_temperature == 0:
         raise UserError("--distill-weight must be in [0, 1] and --distill-temperature above 0")
-    for f in fields(config):  # a damaged checkpoint's settings can hold anything
-        choices = f.metadata.get("choices")
-        if choices and f.name != "backend" and getattr(config, f.name) not in choices:
-            raise UserError(f"{flag(f.name)} must be one of {', '.join(choices)}")
     check_seed(config.seed)
     if not 0 <= config.sample_chars <= MAX_SAMPLE_CHARS:
         raise UserError(f"--sample-chars must be between 0 and {MAX_SAMPLE_CHARS:,}")
@@ -277,9 +273,9 @@ def warn_ignored_flags(args: argparse.Namespace, config: Config) -> None:
 # The checkpoint a run continues or starts from
 
 
-def load_resumable(out: Path, config_class: type, read_model: Callable) -> dict:
+def load_resumable(out: Path, config_class: type) -> dict:
     """The checkpoint --resume continues, with its training state (against config_class) and its
-    model (read_model: bigram's reader of a checkpoint's model settings) checked before use."""
+    model (one of config_class.model_types) checked before use."""
     if files.unreadable_reason(out) == "not found":
         raise UserError(
             f"--resume: there is no checkpoint at {out} to continue; without --resume a new "
@@ -287,13 +283,13 @@ def load_resumable(out: Path, config_class: type, read_model: Callable) -> dict:
         )
     saved = checkpoint.load_checkpoint(out)
     checkpoint.check_resumable(saved, out, config_class)
-    read_model(saved, out)
+    checkpoint.model_config(saved, out, config_class.model_types)
     return saved
 
 
-def load_starting_point(args: argparse.Namespace, config_class: type, read_model: Callable) -> dict:
-    """The trained checkpoint --init-from fine-tunes, its model checked (read_model): its shape
-    wins over the preset's."""
+def load_starting_point(args: argparse.Namespace, config_class: type) -> dict:
+    """The trained checkpoint --init-from fine-tunes, its model checked: its shape wins over the
+    preset's."""
     if args.resume:
         raise UserError("--init-from starts a new run; --resume continues one: choose one")
     shape = (*model_shape(config_class), "arch")
@@ -301,7 +297,7 @@ def load_starting_point(args: argparse.Namespace, config_class: type, read_model
     if given:
         raise UserError(f"--init-from: the shape comes from the checkpoint; drop {flag(given[0])}")
     source = checkpoint.load_checkpoint(args.init_from)
-    read_model(source, args.init_from)
+    checkpoint.model_config(source, args.init_from, config_class.model_types)
     return source
 
 
@@ -337,14 +333,13 @@ def check_corpus_unchanged(saved: dict | None, now: dict, config: Config) -> Non
 
 def prepare_settings(
     args: argparse.Namespace, device: torch.device, ddp: distributed.Distributed,
-    config_class: type, read_model: Callable,
+    config_class: type,
 ) -> tuple[Config, dict | None, dict | None]:  # fmt: skip
     """The run's settings (a config_class), with the checkpoint it continues (--resume) or starts
-    from (--init-from), all checked (read_model checks a checkpoint's model), and its files
-    checked too (rank 0)."""
+    from (--init-from), all checked, and its files checked too (rank 0)."""
     out = checkpoint_path(args)
-    resumed = load_resumable(out, config_class, read_model) if args.resume else None
-    source = load_starting_point(args, config_class, read_model) if args.init_from else None
+    resumed = load_resumable(out, config_class) if args.resume else None
+    source = load_starting_point(args, config_class) if args.init_from else None
     if resumed is not None and args.data:
         check_same_corpus(Path(args.data), Path(resumed["config"].get("data", args.data)), out)
     config = make_config(args, device, resumed["config"] if resumed else None, config_class)
@@ -494,15 +489,53 @@ def checkpoint_lock(args: argparse.Namespace, ddp: distributed.Distributed) -> I
         yield
 
 
-def train(args: argparse.Namespace, start: Callable) -> str | None:
-    """The device, the processes and the checkpoint's lock, then start(args, ddp, device), which
-    checks and trains the run (bigram.train_from_flags); returns the summary line (None on ranks
-    other than 0)."""
+@dataclass(frozen=True)
+class Trainer:
+    """What bigram.py hands the command line of itself: its config class (TrainConfig), how a run
+    starts (start_run) and trains (train), and one training step to time (step_timer)."""
+
+    config_class: type
+    start_run: Callable[..., Any]
+    train: Callable[[Any, threading.Event], str | None]
+    step_timer: Callable[[Config, corpus.Corpus, torch.device], Callable[[], object]]
+
+
+def launch(args: argparse.Namespace, trainer: Trainer) -> str | None:
+    """The device, the processes and the checkpoint's lock, then the run (run_from_flags);
+    returns the summary line (None on ranks other than 0)."""
     device = machine.resolve_device(args.device or "auto")
     machine.reuse_freed_memory()
     ddp, device = distributed.setup_distributed(device, args.backend or "")
     with checkpoint_lock(args, ddp):
-        return start(args, ddp, device)
+        return run_from_flags(args, ddp, device, trainer)
+
+
+def run_from_flags(
+    args: argparse.Namespace, ddp: distributed.Distributed, device: torch.device,
+    trainer: Trainer,
+) -> str | None:  # fmt: skip
+    """The run the flags ask for, its settings, checkpoints, corpus and files checked first,
+    on the shape and precision this machine trains best (choose_for_machine) when the flags leave
+    them open; then trained. Returns the summary line (rank 0)."""
+    say = print if ddp.is_main else lambda *a, **k: None
+    with distributed.rank_zero_first(ddp):
+        config, resumed, source = prepare_settings(args, device, ddp, trainer.config_class)
+        data = prepare_corpus(config, resumed or source, resumed is not None, say)
+    candidates, choice = machine_candidates(args, config, device, ddp), None
+    if candidates:
+        config, choice = choose_for_machine(candidates, data, device, trainer.step_timer)
+    run = trainer.start_run(config, data, device, ddp, resume=resumed, init_from=source)
+    if ddp.is_main and resumed is not None:
+        runlog.trim_log(runlog.log_path(config.out), run.step)
+    if choice is not None:
+        run.elapsed_before = choice.measured_for  # the budget includes the measurement
+    preset_picked = not args.resume and not args.preset
+    say(describe(run, choice.line() if choice else None, preset_picked))
+    with stop_requests() as stop:
+        try:
+            return trainer.train(run, stop)
+        except runlog.TrainingStopped as e:
+            raise UserError(stopped_early(*e.args)) from None
 
 
 @contextmanager
@@ -527,15 +560,19 @@ def stop_requests() -> Iterator[threading.Event]:
             signal.signal(sig, handler)
 
 
-def main(argv: list[str] | None, config_class: type, start: Callable) -> int:
-    """python bigram.py: the flags (config_class's), then the run start makes of them (train);
-    errors a user can mend are one line on stderr and exit 1."""
+def main(
+    argv: list[str] | None, config_class: type, start_run: Callable, train: Callable,
+    step_timer: Callable,
+) -> int:  # fmt: skip
+    """python bigram.py: the flags (config_class's), then the run they ask for, started by
+    start_run and trained by train; errors a user can mend are one line on stderr and exit 1."""
     args = parse_args(argv, config_class)
+    trainer = Trainer(config_class, start_run, train, step_timer)
     try:
         if args.plot:
             print(f"wrote {runlog.plot_logs(args.plot)}")
             return 0
-        summary = train(args, start)
+        summary = launch(args, trainer)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

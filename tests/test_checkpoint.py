@@ -11,8 +11,13 @@ import pytest
 import torch
 from support import REPO
 
-from bigram import GPTConfig, GPTLanguageModel, model_from_checkpoint
-from scratchgpt.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from bigram import MODEL_TYPES, GPTConfig, GPTLanguageModel
+from scratchgpt.checkpoint import (
+    load_checkpoint,
+    load_weights,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from scratchgpt.cli import UserError
 
 
@@ -32,8 +37,8 @@ def make_checkpoint(seed: int = 0) -> dict:
 def test_round_trip_restores_the_same_model(tmp_path):
     checkpoint = make_checkpoint()
     save_checkpoint(checkpoint, tmp_path / "model.pt")
-    model = model_from_checkpoint(load_checkpoint(tmp_path / "model.pt")).eval()
-    original = model_from_checkpoint(checkpoint).eval()
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "model.pt"), MODEL_TYPES).eval()
+    original = model_from_checkpoint(checkpoint, MODEL_TYPES).eval()
     idx = torch.tensor([[0, 1, 2, 3]])
     torch.testing.assert_close(model(idx)[0], original(idx)[0])
     assert list(tmp_path.iterdir()) == [tmp_path / "model.pt"]  # no temporary file left behind
@@ -150,10 +155,14 @@ def test_a_checkpoint_with_a_removed_switch_off_loads_and_with_it_on_is_refused(
     # switches measured, then removed
     off = {"pair_embedding": False, "logit_cap": 0.0, "value_embeddings": False}
     save_checkpoint(saved | {"model_args": saved["model_args"] | off}, tmp_path / "off.pt")
-    model = model_from_checkpoint(load_checkpoint(tmp_path / "off.pt")).eval()
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "off.pt"), MODEL_TYPES).eval()
     idx = torch.tensor([[0, 1, 2, 3]])
-    torch.testing.assert_close(model(idx)[0], model_from_checkpoint(saved).eval()(idx)[0])
+    torch.testing.assert_close(
+        model(idx)[0], model_from_checkpoint(saved, MODEL_TYPES).eval()(idx)[0]
+    )
     on = saved["model_args"] | {switch: True}
     save_checkpoint(saved | {"model_args": on}, tmp_path / "on.pt")
     with pytest.raises(UserError, match=f"unknown setting '{switch}'"):
-        model_from_checkpoint(load_checkpoint(tmp_path / "on.pt"), path=tmp_path / "on.pt")
+        model_from_checkpoint(
+            load_checkpoint(tmp_path / "on.pt"), MODEL_TYPES, path=tmp_path / "on.pt"
+        )

@@ -7,16 +7,24 @@ import pytest
 
 import bigram
 from scratchgpt import train_cli
-from scratchgpt.cli import MAX_INT, MAX_SEED, UserError, add_flags, check_seed, typed_flag
+from scratchgpt.cli import (
+    MAX_INT,
+    MAX_SEED,
+    UserError,
+    add_flags,
+    check_seed,
+    setting,
+    typed_flag,
+)
 
 
 @dataclass
 class Settings:
     hidden: int = 3  # no help text: no flag
-    n_layer: int = bigram.setting(6, "blocks")
-    lr: float = bigram.setting(1e-3, "learning rate")
-    rope: bool = bigram.setting(False, "rotary positions")
-    norm: str = bigram.setting("layer", "the norm", ("layer", "rms"))
+    n_layer: int = setting(6, "blocks")
+    lr: float = setting(1e-3, "learning rate")
+    rope: bool = setting(False, "rotary positions")
+    norm: str = setting("layer", "the norm", ("layer", "rms"))
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -1,7 +1,11 @@
 """Plain-text corpora: reading, line ends, the vocabulary and its ids."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from support import REPO
 
 from scratchgpt import corpus, reddit
 from scratchgpt.cli import UserError
@@ -62,3 +66,10 @@ def test_adopting_a_vocabulary_keeps_its_ids_and_appends_new_characters():
 
 def test_encoding_with_an_unsorted_vocabulary():
     assert corpus.encode("bca", list("cab")).tolist() == [2, 0, 1]
+
+
+def test_preparing_a_corpus_loads_no_torch():
+    # torch takes some 200 MB on import: a Reddit-sized corpus is prepared without it.
+    check = "import sys; from scratchgpt import corpus, reddit; print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr

@@ -1,10 +1,12 @@
-"""Distillation (bigram.Teacher, --teacher): a run also learns a trained model's predictions."""
+"""Distillation (scratchgpt/distillation.py, --teacher): a run also learns a trained model's
+predictions."""
 
 import pytest
 import torch
 from support import TINY_RUN, main_error, write_corpus
 
 import bigram
+from scratchgpt import distillation
 from scratchgpt.checkpoint import load_checkpoint
 from scratchgpt.ensemble import Ensemble
 
@@ -24,7 +26,7 @@ def test_the_loss_mixes_the_texts_loss_and_the_kl_to_the_teacher():
     student, teacher = gpt(1), gpt(2)
     x, y = batch()
     logits, loss = student(x, y)
-    mixed = bigram.Teacher(teacher, weight=0.3, temperature=2.0).mixed_loss(loss, logits, x)
+    mixed = distillation.Teacher(teacher, weight=0.3, temperature=2.0).mixed_loss(loss, logits, x)
     ours = (logits / 2.0).log_softmax(-1)
     theirs = (teacher(x)[0] / 2.0).log_softmax(-1)
     kl = (theirs.exp() * (theirs - ours)).sum(-1).mean()  # per character, as batchmean of rows
@@ -35,14 +37,14 @@ def test_a_teacher_that_predicts_as_the_model_does_adds_nothing():
     model = gpt(1)
     x, y = batch()
     logits, loss = model(x, y)
-    mixed = bigram.Teacher(model, weight=0.45, temperature=1.2).mixed_loss(loss, logits, x)
+    mixed = distillation.Teacher(model, weight=0.45, temperature=1.2).mixed_loss(loss, logits, x)
     torch.testing.assert_close(mixed, 0.55 * loss)
 
 
 def test_learning_from_a_teacher_moves_the_model_towards_its_predictions():
     student, teacher = gpt(1), gpt(2)
     x, _ = batch()
-    learn = bigram.Teacher(teacher, weight=1.0, temperature=1.0)
+    learn = distillation.Teacher(teacher, weight=1.0, temperature=1.0)
 
     def distance() -> float:
         logits, _ = student(x)

@@ -22,14 +22,13 @@ from bigram import (
     GPTConfig,
     GPTLanguageModel,
     TrainConfig,
-    make_scaler,
     model_settings,
     train_on_batches,
 )
 from scratchgpt import distributed
 from scratchgpt.checkpoint import load_checkpoint
 from scratchgpt.distributed import Distributed
-from scratchgpt.optimizers import make_optimizers
+from scratchgpt.optimizers import make_optimizers, make_scaler
 
 CONFIG = GPTConfig(vocab_size=9, block_size=8, n_layer=1, n_head=2, n_embd=16, dropout=0.0)
 

@@ -7,7 +7,8 @@ from support import TINY_RUN, assert_clean_error, main_error, run_script, write_
 
 import bigram
 import MODEL
-from scratchgpt.checkpoint import load_checkpoint
+from scratchgpt import scoring
+from scratchgpt.checkpoint import load_checkpoint, model_from_checkpoint
 from scratchgpt.ensemble import Ensemble, members
 
 
@@ -82,13 +83,13 @@ def test_an_ensemble_writes_past_its_shortest_context(ropes):
 
 def test_an_ensemble_scores_no_worse_than_its_models_on_average(trained):
     saved = [load_checkpoint(trained[name]) for name in ("a", "b")]
-    models = [bigram.model_from_checkpoint(s).eval() for s in saved]
+    models = [model_from_checkpoint(s, bigram.MODEL_TYPES).eval() for s in saved]
     text = write_corpus(trained["a"].with_suffix(".val.txt"), n_chars=3000, seed=7)
     vocab = saved[0]["vocab"]
     data = np.array([vocab.index(c) for c in text.read_text(encoding="utf-8")], dtype=np.uint16)
 
     def loss(model):
-        return bigram.exhaustive_val_loss(model, data, 16, torch.device("cpu"), torch.float32)
+        return scoring.exhaustive_val_loss(model, data, 16, torch.device("cpu"), torch.float32)
 
     own = [loss(m) for m in models]
     assert own[0] != own[1]  # two different models

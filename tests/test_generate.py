@@ -12,7 +12,7 @@ from support import REPO, TINY_RUN, assert_clean_error, main_error, run_script, 
 import bigram
 import MODEL
 from scratchgpt import machine, shipped
-from scratchgpt.checkpoint import load_checkpoint
+from scratchgpt.checkpoint import load_checkpoint, model_from_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +116,13 @@ def test_of_two_commands_writing_one_new_output_the_second_is_refused(
 ):
     # The other command's file appears after this one checked the name and before it writes.
     output = tmp_path / "same.txt"
-    real_decode = MODEL.decode
+    real_generate = MODEL.generate_tokens
 
-    def decode_while_another_writes(ids, vocab):
+    def generate_while_another_writes(*args, **kwargs):
         output.write_text("the other command's text")
-        return real_decode(ids, vocab)
+        yield from real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(MODEL, "decode", decode_while_another_writes)
+    monkeypatch.setattr(MODEL, "generate_tokens", generate_while_another_writes)
     argv = ["--checkpoint", str(checkpoint), "--num-tokens", "5", "--output", str(output)]
     assert "was created by another program" in main_error(MODEL.main, argv, capsys)
     assert output.read_text() == "the other command's text"
@@ -198,7 +198,7 @@ def test_a_prompt_file_from_windows_reads_as_it_looks(checkpoint, tmp_path):
 
 
 def test_bf16_weights_change_the_next_character_distribution_by_rounding_only(checkpoint):
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     context = torch.randint(0, model.config.vocab_size, (4, model.config.block_size))
     with torch.no_grad():
@@ -210,7 +210,7 @@ def test_bf16_weights_change_the_next_character_distribution_by_rounding_only(ch
 
 def test_one_sample_bf16_steps_change_the_distribution_by_rounding_only(checkpoint):
     # One sample's steps take another kernel (PyTorch's matrix-vector product, not oneDNN's).
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     context = torch.randint(0, model.config.vocab_size, (1, model.config.block_size))
     cache = bigram.KVCache(model.config, 1, "cpu", machine.cache_dtype(bf16))
@@ -240,14 +240,14 @@ def generated_in(faster: torch.dtype):
 
 @pytest.mark.parametrize("faster", [torch.float32, torch.bfloat16])
 def test_default_weights_are_the_ones_that_generate_faster_here(checkpoint, bf16_cpu, faster):
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     picked, why = machine.generation_weights(model, "auto", generated_in(faster))
     assert next(picked.parameters()).dtype == faster
     assert why.startswith(f"weights: {str(faster)[6:]}, 1000.0 ms a step against 2000.0")
 
 
 def test_the_timing_is_kept_so_a_seed_writes_the_same_text_on_every_run(checkpoint, bf16_cpu):
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
     never_timed = lambda m, batch: pytest.fail("timed again")
     picked, why = machine.generation_weights(copy.deepcopy(model), "auto", never_timed)
@@ -255,7 +255,7 @@ def test_the_timing_is_kept_so_a_seed_writes_the_same_text_on_every_run(checkpoi
 
 
 def test_cached_float32_weights_make_no_bf16_copy(checkpoint, bf16_cpu, monkeypatch):
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.float32))
     monkeypatch.setattr(machine.copy, "deepcopy", lambda m: pytest.fail("a bf16 copy was made"))
     picked, why = machine.generation_weights(model, "auto", generated_in(torch.float32))
@@ -263,14 +263,14 @@ def test_cached_float32_weights_make_no_bf16_copy(checkpoint, bf16_cpu, monkeypa
 
 
 def test_weights_fastest_times_them_again(checkpoint, bf16_cpu):
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16))
     picked, _ = machine.generation_weights(model, "fastest", generated_in(torch.float32))
     assert next(picked.parameters()).dtype == torch.float32
 
 
 def test_each_batch_size_is_timed_on_its_own(checkpoint, bf16_cpu):
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     machine.generation_weights(copy.deepcopy(model), "auto", generated_in(torch.bfloat16), 1)
     picked, _ = machine.generation_weights(model, "auto", generated_in(torch.float32), 32)
     assert next(picked.parameters()).dtype == torch.float32
@@ -278,7 +278,7 @@ def test_each_batch_size_is_timed_on_its_own(checkpoint, bf16_cpu):
 
 def test_where_bf16_is_emulated_generation_keeps_float32_untimed(checkpoint, monkeypatch):
     monkeypatch.setattr(machine, "bf16_is_native", lambda: False)
-    model = bigram.model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    model = model_from_checkpoint(load_checkpoint(checkpoint), bigram.MODEL_TYPES).eval()
     never_timed = lambda m, batch: pytest.fail("timed")
     picked, why = machine.generation_weights(model, "auto", never_timed)
     assert next(picked.parameters()).dtype == torch.float32 and why is None

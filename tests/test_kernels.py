@@ -143,3 +143,13 @@ def test_fast_dropout_drops_the_right_share_and_keeps_the_mean():
     assert abs(y.mean().item() - 1.0) < 0.01  # survivors are scaled by 1 / (1 - p)
     assert not torch.equal(dropout(x), y)  # a fresh mask each call
     assert torch.equal(dropout.eval()(x), x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(2, 5, 8), (1, 1, 8)])  # a batch; one token of one sample
+def test_joined_layers_give_each_layers_output_side_by_side(bias, shape):
+    torch.manual_seed(0)
+    layers = tuple(torch.nn.Linear(8, 8, bias=bias) for _ in range(3))
+    x = torch.randn(shape)
+    expected = torch.cat([layer(x) for layer in layers], dim=-1)
+    torch.testing.assert_close(kernels.joined_linear(x, layers), expected)

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 import bigram
-from scratchgpt import machine, optimizers
+from scratchgpt import dataloader, machine, optimizers, scoring
 from scratchgpt.optimizers import make_optimizers
 
 # A made-up shape table: the larger model ends lower after the same number of steps, the smaller
@@ -319,7 +319,7 @@ def training_step_ops(native: bool, monkeypatch) -> tuple[Bf16Ops, Bf16Ops]:
     """The bf16 operations of one training step: forward and backward, then the optimizers."""
     model, optimizers, config, dtype = modern_run(native, monkeypatch)
     data = np.random.default_rng(0).integers(0, 20, 2000, dtype=np.uint8)
-    x, y = bigram.get_batch(data, config, torch.Generator().manual_seed(0))
+    x, y = dataloader.get_batch(data, config, torch.Generator().manual_seed(0))
     forward_backward, optimizer = Bf16Ops(), Bf16Ops()
     with forward_backward, machine.autocast(CPU, dtype):
         _, loss = model(x, y)
@@ -372,7 +372,7 @@ def test_without_bf16_instructions_generation_and_evaluation_run_no_bf16(monkeyp
     dtype = machine.resolve_dtype("auto", CPU)
     evaluation = Bf16Ops()
     with evaluation:
-        bigram.exhaustive_val_loss(model, data, 16, CPU, dtype)
+        scoring.exhaustive_val_loss(model, data, 16, CPU, dtype)
         with machine.autocast(CPU, dtype):  # the sample printed at each evaluation
             bigram.training_sample(model, [chr(65 + i) for i in range(20)], 5, 0, CPU)
     assert evaluation.names == []

@@ -1,11 +1,13 @@
 """optimizers.py: our Muon is torch's, with its Newton-Schulz iteration in float32 where bf16 is
-emulated: the same step in bf16, the same to bf16's precision in float32, and the same state."""
+emulated (the same step in bf16, the same to bf16's precision in float32, the same state); the
+learning-rate schedule."""
 
 import copy
 
 import pytest
 import torch
 
+import bigram
 from scratchgpt import optimizers
 
 
@@ -58,3 +60,22 @@ def test_muon_state_moves_between_torchs_and_ours():
     torch_muon.load_state_dict(copy.deepcopy(our_muon.state_dict()))
     buffer = our_muon.state[ours[0]]["momentum_buffer"]
     assert torch.equal(buffer, torch_muon.state[theirs[0]]["momentum_buffer"])
+
+
+def test_wsd_schedule_is_flat_then_falls_in_a_line_to_min_lr():
+    config = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="wsd")
+    assert optimizers.lr_scale(0.0, 4, config) == pytest.approx(0.5)  # warming up
+    assert optimizers.lr_scale(0.3, 500, config) == 1.0
+    assert optimizers.lr_scale(1 - config.decay_share, 500, config) == pytest.approx(1.0)
+    halfway_down = 1 - config.decay_share / 2
+    assert optimizers.lr_scale(halfway_down, 500, config) == pytest.approx(0.55)
+    assert optimizers.lr_scale(1.0, 500, config) == pytest.approx(0.1)
+    cosine = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="cosine")
+    assert optimizers.lr_scale(0.5, 500, cosine) == pytest.approx(0.55)
+
+
+def test_muons_flops_count_each_matrix_by_its_shorter_side():
+    wide, tall = torch.nn.Parameter(torch.zeros(4, 8)), torch.nn.Parameter(torch.zeros(8, 4))
+    muon = optimizers.Muon([wide, tall], lr=0.02, ns_steps=5)
+    per_matrix = 5 * (4 * 4 * 4 * 8 + 2 * 4**3)  # X X^T, the Gram polynomial, its product with X
+    assert muon.flops_per_step() == 2 * per_matrix

@@ -20,7 +20,7 @@ from support import (
 
 import bigram
 import MODEL
-from scratchgpt import checkpoint, corpus, shipped
+from scratchgpt import checkpoint, corpus, scoring, shipped
 
 TINY_SHAKESPEARE = SHARED / "data" / "tinyshakespeare.txt"
 CARD = shipped.CARD_PATH.read_text(encoding="utf-8")
@@ -42,7 +42,9 @@ def saved() -> dict:
 
 @pytest.fixture(scope="module")
 def model(saved):
-    return bigram.model_from_checkpoint(saved, "cpu", shipped.MODEL_PATH).eval()
+    return checkpoint.model_from_checkpoint(
+        saved, bigram.MODEL_TYPES, "cpu", shipped.MODEL_PATH
+    ).eval()
 
 
 def test_the_shipped_file_holds_float16_weights_and_nothing_for_resume(saved):
@@ -61,7 +63,7 @@ def test_the_card_gives_the_models_exhaustive_val_loss(saved, model):
     text = corpus.load_text_corpus(TINY_SHAKESPEARE)
     assert text.vocab == saved["vocab"]
     _, val = corpus.split_corpus(text.tokens)
-    loss = bigram.exhaustive_val_loss(model, val, model.config.block_size, "cpu", torch.float32)
+    loss = scoring.exhaustive_val_loss(model, val, model.config.block_size, "cpu", torch.float32)
     assert float(card_figure("exhaustive val loss").split()[0]) == pytest.approx(loss, abs=0.001)
 
 

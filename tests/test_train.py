@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 
-import numpy as np
 import pytest
 import torch
 from support import REPO, TINY_MODEL, TINY_RUN, main_error, write_corpus
@@ -16,7 +15,12 @@ from torch.nn import functional as F
 
 import bigram
 from scratchgpt import distributed, machine, optimizers, runlog, shipped, train_cli
-from scratchgpt.checkpoint import CHECKPOINT_DIR, load_checkpoint, save_checkpoint
+from scratchgpt.checkpoint import (
+    CHECKPOINT_DIR,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 
 
 def train(tmp_path, *flags: str) -> list[dict]:
@@ -368,25 +372,6 @@ def test_a_fine_tuned_model_is_named_after_its_corpus_and_its_source():
 # The exhaustive validation loss
 
 
-@pytest.mark.parametrize("length", [100, 64 * 16 * 2 + 37])  # one batch; several and a tail
-def test_exhaustive_val_loss_scores_every_character_once(length):
-    torch.manual_seed(0)
-    config = bigram.GPTConfig(vocab_size=7, block_size=16, n_layer=1, n_head=2, n_embd=8)
-    model = bigram.GPTLanguageModel(config).eval()
-    data = np.random.default_rng(0).integers(0, 7, length).astype(np.uint8)
-    total, count = 0.0, 0
-    for start in range(0, length - 1, 16):  # window by window, the context restarting at each
-        x = torch.from_numpy(data[start : start + 16].astype(np.int64))[None]
-        y = torch.from_numpy(data[start + 1 : start + 17].astype(np.int64))[None]
-        x = x[:, : y.shape[1]]
-        with torch.no_grad():
-            loss = torch.nn.functional.cross_entropy(model(x)[0][0], y[0], reduction="sum")
-        total, count = total + loss.item(), count + y.numel()
-    assert count == length - 1
-    exhaustive = bigram.exhaustive_val_loss(model, data, 16, "cpu", torch.float32)
-    assert exhaustive == pytest.approx(total / count, rel=1e-5)
-
-
 def test_a_run_ends_with_the_exhaustive_loss_of_its_best_model(tmp_path, capsys):
     log = train(tmp_path, "--max-iters", "6", "--eval-interval", "2", "--exhaustive-eval")
     assert all("exhaustive_val_loss" in r for r in log)  # at every evaluation, when asked
@@ -402,18 +387,6 @@ def test_a_run_ends_with_the_exhaustive_loss_of_its_best_model(tmp_path, capsys)
 
 # -----------------------------------------------------------------------------
 # The modern recipe: Muon beside AdamW, warmup-stable-decay, and checkpoints from before it
-
-
-def test_wsd_schedule_is_flat_then_falls_in_a_line_to_min_lr():
-    config = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="wsd")
-    assert bigram.lr_scale(0.0, 4, config) == pytest.approx(0.5)  # warming up
-    assert bigram.lr_scale(0.3, 500, config) == 1.0
-    assert bigram.lr_scale(1 - config.decay_share, 500, config) == pytest.approx(1.0)
-    halfway_down = 1 - config.decay_share / 2
-    assert bigram.lr_scale(halfway_down, 500, config) == pytest.approx(0.55)
-    assert bigram.lr_scale(1.0, 500, config) == pytest.approx(0.1)
-    cosine = bigram.TrainConfig(lr=2e-3, min_lr=2e-4, warmup_iters=10, schedule="cosine")
-    assert bigram.lr_scale(0.5, 500, cosine) == pytest.approx(0.55)
 
 
 def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
@@ -484,7 +457,7 @@ def test_modern_checkpoints_from_before_split_qkv_keep_their_one_qkv_matrix(tmp_
         tmp_path, "--arch", "modern", "--no-split-qkv", "--max-iters", "2", "--eval-interval", "2"
     )
     forget_settings(tmp_path / "run.pt", ["split_qkv"])  # a modern run from before the switch
-    model = bigram.model_from_checkpoint(load_checkpoint(tmp_path / "run.pt"))
+    model = model_from_checkpoint(load_checkpoint(tmp_path / "run.pt"), bigram.MODEL_TYPES)
     assert model.blocks[0].attn.qkv.weight.shape == (3 * 16, 16)
     log = train(tmp_path, "--max-iters", "4", "--eval-interval", "2", "--resume")
     assert [r["iter"] for r in log] == [2, 4]
@@ -517,7 +490,9 @@ def test_bf16_and_float32_training_steps_agree_to_bf16_rounding():
     """The machine picks the training precision by speed alone: both give the same loss and
     gradient directions, to bf16's rounding (8 bits of mantissa), on the shipped trained model."""
     saved = load_checkpoint(shipped.MODEL_PATH)
-    model = bigram.model_from_checkpoint(saved, "cpu", shipped.MODEL_PATH).eval()  # no dropout
+    model = model_from_checkpoint(
+        saved, bigram.MODEL_TYPES, "cpu", shipped.MODEL_PATH
+    ).eval()  # no dropout
     ids = torch.tensor([saved["vocab"].index(ch) for ch in PASSAGE])
     n = model.config.block_size  # one window of the model's context
     x, y = ids[:n][None], ids[1 : n + 1][None]

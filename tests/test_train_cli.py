@@ -27,7 +27,7 @@ from support import (
 )
 
 import bigram
-from scratchgpt import runlog, train_cli
+from scratchgpt import runlog, scoring, train_cli
 from scratchgpt.checkpoint import load_checkpoint
 
 TRAIN = [*TINY_RUN, "--max-iters", "2", "--eval-interval", "2"]
@@ -545,7 +545,7 @@ def test_resume_refuses_a_log_that_is_someone_elses_file(tmp_path, capsys):
 def test_a_folder_replaced_by_a_file_mid_run_is_one_line(tmp_path, capsys, monkeypatch):
     corpus = corpus_in(tmp_path)
     runs = tmp_path / "runs"
-    real_estimate, calls = bigram.estimate_loss, []
+    real_estimate, calls = scoring.estimate_loss, []
 
     def estimate_then_lose_the_folder(*args, **kwargs):
         calls.append(1)
@@ -554,7 +554,7 @@ def test_a_folder_replaced_by_a_file_mid_run_is_one_line(tmp_path, capsys, monke
             runs.write_text("a file where the folder was")
         return real_estimate(*args, **kwargs)
 
-    monkeypatch.setattr(bigram, "estimate_loss", estimate_then_lose_the_folder)
+    monkeypatch.setattr(scoring, "estimate_loss", estimate_then_lose_the_folder)
     argv = ["--out", str(runs / "run.pt"), *TRAIN, "--data", str(corpus), "--max-iters", "4"]
     assert "runs" in main_error(bigram.main, argv, capsys)
 
