@@ -82,6 +82,20 @@ def test_without_a_model_of_your_own_model_py_writes_with_the_shipped_one(tmp_pa
     assert f"model: {path} (shipped with ScratchGPT;" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "flags, fragment",
+    [
+        (["--prompt-file", "no-such-prompt.txt"], "no-such-prompt.txt"),
+        (["--chat", "ROMEO", "--as", "ROMEO"], "both name ROMEO"),
+    ],
+)
+def test_bad_input_with_the_shipped_model_is_one_line(flags, fragment, tmp_path):
+    # Which model writes is said once every input is checked, not before an error.
+    checkout = make_checkout(tmp_path, shipped=True)
+    result = run_script("MODEL.py", *flags, cwd=checkout, repo=checkout)
+    assert_clean_error(result, fragment)
+
+
 def test_juliet_answers_each_line_with_a_speech_that_ends_at_its_end(tmp_path):
     checkout = make_checkout(tmp_path, shipped=True)
     result = subprocess.run(
