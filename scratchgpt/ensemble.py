@@ -50,8 +50,3 @@ class Ensemble(nn.Module):
         logits = probabilities.log()
         loss = None if targets is None else F.nll_loss(logits.flatten(0, 1), targets.flatten())
         return logits, loss
-
-
-def members(model: nn.Module) -> list[nn.Module]:
-    """The models an ensemble is made of; a single model is its own one member."""
-    return list(model.members) if isinstance(model, Ensemble) else [model]

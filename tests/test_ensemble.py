@@ -9,7 +9,7 @@ import bigram
 import MODEL
 from scratchgpt import scoring
 from scratchgpt.checkpoint import load_checkpoint, model_from_checkpoint
-from scratchgpt.ensemble import Ensemble, members
+from scratchgpt.ensemble import Ensemble
 
 
 def gpt(seed: int, **shape) -> bigram.GPTLanguageModel:
@@ -116,9 +116,3 @@ def test_a_missing_member_is_named(trained, tmp_path):
     missing = tmp_path / "none.pt"
     result = run_script("MODEL.py", "--checkpoint", str(trained["a"]), str(missing))
     assert_clean_error(result, str(missing), "not found")
-
-
-def test_a_single_model_is_its_own_one_member():
-    model = gpt(1)
-    assert members(model) == [model]
-    assert members(Ensemble([model, gpt(2)]))[0] is model
