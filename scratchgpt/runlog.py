@@ -22,8 +22,8 @@ from typing import Any
 from tqdm import tqdm
 
 from scratchgpt import checkpoint
+from scratchgpt.cli import UserError
 from scratchgpt.files import (
-    UserError,
     atomic_file,
     check_not_input,
     check_size,

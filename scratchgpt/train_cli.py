@@ -276,12 +276,12 @@ def warn_ignored_flags(args: argparse.Namespace, config: Config) -> None:
 def load_resumable(out: Path, config_class: type) -> dict:
     """The checkpoint --resume continues, with its training state (against config_class) and its
     model (one of config_class.model_types) checked before use."""
-    if files.unreadable_reason(out) == "not found":
-        raise UserError(
-            f"--resume: there is no checkpoint at {out} to continue; without --resume a new "
-            "run starts there"
-        )
-    saved = checkpoint.load_checkpoint(out)
+
+    def missing(path: Path) -> str:
+        return (f"--resume: there is no checkpoint at {path} to continue; without --resume a new "
+                "run starts there")  # fmt: skip
+
+    saved = checkpoint.load_checkpoint(out, missing=missing)
     checkpoint.check_resumable(saved, out, config_class)
     checkpoint.model_config(saved, out, config_class.model_types)
     return saved
@@ -417,7 +417,7 @@ def machine_candidates(
     when nothing is left to choose: on a GPU, under torchrun, for --resume or --init-from, or
     without a time budget of a few minutes at least."""
     fixed = device.type != "cpu" or ddp.world_size > 1 or args.resume or args.init_from
-    fixed = fixed or config.teacher  # the candidates' steps are timed without a teacher
+    fixed = fixed or config.teacher  # neither the shape table nor cached step times know a teacher
     if fixed or args.preset or config.max_minutes * 60 < machine.MIN_BUDGET_S:
         return []
     own_shape = any(getattr(args, name) is not None for name in (*TABLE_SHAPE, "arch"))
